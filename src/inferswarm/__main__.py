@@ -1,0 +1,3 @@
+from inferswarm.cli.main import main
+
+main()

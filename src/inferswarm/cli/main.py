@@ -1,0 +1,26 @@
+"""The ``inferswarm`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from inferswarm.cli.miner_cmd import miner
+from inferswarm.cli.router_cmd import router
+from inferswarm.cli.status_cmd import status
+from inferswarm.cli.up_cmd import up
+
+app = typer.Typer(
+    name="inferswarm",
+    help="A decentralized AI inference network: routers allocate OpenAI-compatible requests "
+    "to miners running quantized GGUF models on llama.cpp.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command(help=up.__doc__)(up)
+app.command(help=router.__doc__)(router)
+app.command(help=miner.__doc__)(miner)
+app.command(help=status.__doc__)(status)
+
+
+def main() -> None:
+    app()

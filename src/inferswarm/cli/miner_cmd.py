@@ -1,0 +1,142 @@
+"""``inferswarm miner``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from inferswarm.cli.common import setup_logging
+from inferswarm.miner.agent import AgentSettings, MinerAgent, MinerRefused
+from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.hardware import probe_hardware
+from inferswarm.miner.identity import load_or_create_miner_id
+
+log = logging.getLogger("inferswarm.miner")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    model: Path | None
+    model_name: str | None
+    slots: int
+    ctx: int
+    threads: int | None
+    fake_speed: float
+    fake_latency: float
+    fake_failure_rate: float
+    upstream: str | None
+    upstream_key: str | None
+
+
+class EngineKind(StrEnum):
+    LLAMACPP = "llamacpp"
+    FAKE = "fake"
+    OPENAI = "openai"
+
+
+def miner(
+    router: Annotated[str, typer.Option(help="Router to serve, e.g. http://10.0.0.5:8000.", envvar="INFERSWARM_ROUTER")] = "http://127.0.0.1:8000",
+    engine: Annotated[EngineKind, typer.Option(help="llamacpp runs a GGUF model; openai fronts --upstream; fake is for tests only.", envvar="INFERSWARM_ENGINE")] = EngineKind.LLAMACPP,
+    model: Annotated[Path | None, typer.Option(help="GGUF file to serve (default: the shipped SmolLM2-135M-Instruct Q4_1).", envvar="INFERSWARM_MODEL")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Name to serve the model under (default: from the file name, e.g. smollm2-135m-instruct:q4_1).")] = None,
+    slots: Annotated[int, typer.Option(min=1, help="Tasks run at once.", envvar="INFERSWARM_SLOTS")] = 1,
+    name: Annotated[str | None, typer.Option(help="Human-readable miner name (default: host name).", envvar="INFERSWARM_MINER_NAME")] = None,
+    ctx: Annotated[int, typer.Option(min=64, help="Context window in tokens (llamacpp).")] = 2048,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for llama.cpp (default: cores / slots).")] = None,
+    fake_speed: Annotated[float, typer.Option(min=0, help="Fake engine tokens/s (0: instant).")] = 0.0,
+    fake_latency: Annotated[float, typer.Option(min=0, help="Fake engine seconds before the first token.")] = 0.0,
+    fake_failure_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of fake tasks that fail.")] = 0.0,
+    upstream: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --engine openai, e.g. http://127.0.0.1:11434.")] = None,
+    upstream_key: Annotated[str | None, typer.Option(help="API key for --upstream.", envvar="INFERSWARM_UPSTREAM_KEY")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Keeps the miner's id across restarts.", envvar="INFERSWARM_MINER_DATA_DIR")] = None,
+    http_port: Annotated[int | None, typer.Option(help="Also serve the engine directly on this port (for benchmarks and health checks).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")] = "info",
+) -> None:
+    """Run a miner: serve a model to a router over a WebSocket the miner dials (no open port needed)."""
+    setup_logging(log_level)
+    options = EngineOptions(model, model_name, slots, ctx, threads, fake_speed, fake_latency, fake_failure_rate, upstream, upstream_key)
+    try:
+        asyncio.run(_serve(router, engine, options, name or socket.gethostname(), data_dir, http_port))
+    except MinerRefused as exc:
+        typer.echo(f"The router refused this miner: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (TaskRejected, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"Cannot start the miner: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+async def _serve(router: str, kind: EngineKind, options: EngineOptions, name: str, data_dir: Path | None, http_port: int | None) -> None:
+    engine = await _build_engine(kind, options)
+    agent = MinerAgent(AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name), engine, probe_hardware())
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    offers = ", ".join(o.name for o in engine.offers())
+    log.info("miner %s serving %s with %d slots on %s engine; dialling %s", name, offers, engine.slots, engine.name, router)
+    tasks = [asyncio.create_task(agent.run_forever())]
+    if http_port is not None:
+        tasks.append(asyncio.create_task(_serve_direct(engine, http_port)))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # re-raises MinerRefused with the router's reason
+    except asyncio.CancelledError:
+        log.info("miner stopping")
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await engine.close()
+
+
+async def _serve_direct(engine: Engine, port: int) -> None:
+    from inferswarm.miner.direct import create_direct_app
+
+    config = uvicorn.Config(create_direct_app(engine), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    await uvicorn.Server(config).serve()
+
+
+async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
+    if kind is EngineKind.FAKE:
+        from inferswarm.miner.engines.fake import FAKE_MODEL, FakeEngine, FakeEngineConfig
+
+        config = FakeEngineConfig(
+            model=o.model_name or FAKE_MODEL,
+            tokens_per_s=o.fake_speed,
+            latency_s=o.fake_latency,
+            failure_rate=o.fake_failure_rate,
+            context_length=o.ctx,
+            slots=o.slots,
+        )
+        return FakeEngine(config)
+    if kind is EngineKind.OPENAI:
+        from inferswarm.miner.engines.upstream import UpstreamEngine
+
+        if not o.upstream:
+            raise ValueError("--engine openai needs --upstream URL (an OpenAI-compatible server)")
+        return await UpstreamEngine.discover(o.upstream, context_length=o.ctx, slots=o.slots, api_key=o.upstream_key)
+    return await asyncio.to_thread(_llama_engine, o)
+
+
+def _llama_engine(o: EngineOptions) -> Engine:
+    from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
+    from inferswarm.miner.models import ModelNotFound, default_model_path
+
+    try:
+        path = o.model or default_model_path()
+    except ModelNotFound as exc:
+        raise ValueError(str(exc)) from None
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist; pass --model PATH.gguf")
+    config = LlamaConfig(model_path=path, context_length=o.ctx, slots=o.slots, threads=o.threads, model_name=o.model_name)
+    return LlamaCppEngine(config)

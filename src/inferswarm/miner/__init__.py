@@ -1,0 +1,1 @@
+"""The miner: dials routers, runs inference tasks on a local engine."""

@@ -1,0 +1,189 @@
+"""The miner agent: dial a router, register, heartbeat, run tasks, reconnect.
+
+The agent holds one WebSocket per router. Tasks run concurrently up to the
+engine's slot count; the rest wait (and are reported as queued). A router
+that goes away is redialled with exponential backoff; a router that refuses
+the miner (incompatible version) stops it with the router's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection
+
+from inferswarm import __version__
+from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.hardware import usage_now
+from inferswarm.protocol import (
+    PROTOCOL_VERSION,
+    HardwareProfile,
+    Heartbeat,
+    MinerId,
+    Refused,
+    Register,
+    Registered,
+    TaskAssign,
+    TaskCancel,
+    TaskFailed,
+    TaskId,
+    encode,
+    parse_router_message,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MinerRefused(Exception):
+    """The router will not take this miner; retrying would not help."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    router_url: str
+    miner_id: MinerId
+    name: str
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 15.0
+    handshake_timeout_s: float = 10.0
+
+
+def gateway_url(router_url: str) -> str:
+    """``http://host:8000`` -> ``ws://host:8000/miner/ws`` (https -> wss)."""
+    parts = urlsplit(router_url if "://" in router_url else f"http://{router_url}")
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/miner/ws"):
+        path += "/miner/ws"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+class MinerAgent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        engine: Engine,
+        hardware: HardwareProfile,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._hardware = hardware
+        self._jitter = jitter
+        self._slots = asyncio.Semaphore(engine.slots)
+        self._running: dict[TaskId, asyncio.Task[None]] = {}
+        self._busy = 0
+        self.connected = asyncio.Event()
+
+    def registration(self) -> Register:
+        return Register(
+            protocol_version=PROTOCOL_VERSION,
+            miner_id=self._settings.miner_id,
+            name=self._settings.name,
+            engine=self._engine.name,
+            hardware=self._hardware,
+            models=self._engine.offers(),
+            slots=self._engine.slots,
+            claimed_tokens_per_s=self._engine.claimed_tokens_per_s(),
+            software_version=__version__,
+        )
+
+    async def run_forever(self) -> None:
+        """Serve the router until cancelled; raises ``MinerRefused`` if refused."""
+        url = gateway_url(self._settings.router_url)
+        delay = self._settings.reconnect_min_s
+        while True:
+            try:
+                async with websockets.connect(url, max_size=2**24, open_timeout=10) as ws:
+                    await self._serve(ws)
+                    delay = self._settings.reconnect_min_s
+            except MinerRefused:
+                raise
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                log.warning("router %s unreachable or lost (%s); retrying in %.1f s", url, exc, delay)
+            finally:
+                self.connected.clear()
+                self._cancel_all()
+            await asyncio.sleep(delay * (0.5 + self._jitter()))
+            delay = min(delay * 2, self._settings.reconnect_max_s)
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        await ws.send(encode(self.registration()))
+        reply = parse_router_message(
+            await asyncio.wait_for(ws.recv(), self._settings.handshake_timeout_s)
+        )
+        if isinstance(reply, Refused):
+            raise MinerRefused(reply.reason)
+        if not isinstance(reply, Registered):
+            raise MinerRefused(f"the router answered registration with {reply.type!r}")
+        log.info("registered with %s as %s", self._settings.router_url, reply.miner_id)
+        self.connected.set()
+        heartbeat = asyncio.create_task(self._heartbeat(ws, reply.heartbeat_interval_s))
+        try:
+            async for frame in ws:
+                self._handle(ws, frame)
+        finally:
+            heartbeat.cancel()
+
+    def _handle(self, ws: ClientConnection, frame: str | bytes) -> None:
+        try:
+            message = parse_router_message(frame)
+        except ValidationError as exc:
+            log.warning("ignoring a malformed frame from the router: %s", exc)
+            return
+        if isinstance(message, TaskAssign):
+            task = asyncio.create_task(self._run(ws, message))
+            self._running[message.task_id] = task
+            task.add_done_callback(lambda _: self._running.pop(message.task_id, None))
+        elif isinstance(message, TaskCancel):
+            running = self._running.get(message.task_id)
+            if running is not None:
+                running.cancel()
+
+    async def _run(self, ws: ClientConnection, task: TaskAssign) -> None:
+        try:
+            async with self._slots:
+                self._busy += 1
+                try:
+                    await self._generate(ws, task)
+                finally:
+                    self._busy -= 1
+        except TaskRejected as exc:
+            await _send(ws, TaskFailed(task_id=task.task_id, code=exc.code, message=exc.message, retryable=exc.retryable))
+        except asyncio.CancelledError:
+            log.debug("task %s cancelled by the router", task.task_id)
+        except Exception as exc:
+            log.exception("engine failed on task %s", task.task_id)
+            failure = TaskFailed(task_id=task.task_id, code="engine_error", message=f"{type(exc).__name__}: {exc}", retryable=True)
+            await _send(ws, failure)
+
+    async def _generate(self, ws: ClientConnection, task: TaskAssign) -> None:
+        async with aclosing(self._engine.generate(task)) as events:
+            async for event in events:
+                await ws.send(encode(event))
+
+    async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
+        while True:
+            cpu, ram = usage_now()
+            queued = len(self._running) - self._busy
+            beat = Heartbeat(busy_slots=self._busy, queued_tasks=max(0, queued), cpu_percent=cpu, ram_percent=ram)
+            await ws.send(encode(beat))
+            await asyncio.sleep(interval_s)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+
+async def _send(ws: ClientConnection, message: TaskFailed) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await ws.send(encode(message))

@@ -1,0 +1,38 @@
+"""The engine interface every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from inferswarm.protocol import FailureCode, ModelOffer, TaskAssign, TaskChunk, TaskDone
+
+
+class TaskRejected(Exception):
+    """The engine cannot run this task. ``retryable`` says whether another miner might."""
+
+    def __init__(self, code: FailureCode, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.code: FailureCode = code
+        self.message = message
+        self.retryable = retryable
+
+
+class Engine(Protocol):
+    name: str
+    slots: int
+
+    def offers(self) -> tuple[ModelOffer, ...]:
+        """The models this engine serves."""
+        ...
+
+    def claimed_tokens_per_s(self) -> float | None:
+        """Generation speed the engine expects of itself (measured later by the router)."""
+        ...
+
+    def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+        """Stream the task's text chunks, then one ``TaskDone``; raise ``TaskRejected``
+        when it cannot. Closing the iterator stops generation and frees the slot."""
+        ...
+
+    async def close(self) -> None: ...

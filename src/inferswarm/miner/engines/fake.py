@@ -1,0 +1,87 @@
+"""A fake engine for tests, benchmarks and simulation — never a default.
+
+It streams deterministic words at a configured speed after a configured
+latency, and can be told to fail a share of tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from inferswarm.miner.engines.base import TaskRejected
+from inferswarm.protocol import ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+
+FAKE_MODEL = "fake-model"
+
+
+@dataclass
+class FakeEngineConfig:
+    model: str = FAKE_MODEL
+    tokens_per_s: float = 0.0  # 0 = as fast as possible
+    latency_s: float = 0.0
+    failure_rate: float = 0.0
+    natural_length: int = 24
+    context_length: int = 8192
+    slots: int = 4
+    seed: int | None = None
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self, config: FakeEngineConfig) -> None:
+        self.config = config
+        self.slots = config.slots
+        self._random = random.Random(config.seed)
+
+    def offers(self) -> tuple[ModelOffer, ...]:
+        return (
+            ModelOffer(
+                name=ModelName(self.config.model),
+                context_length=self.config.context_length,
+                quantization="fake",
+            ),
+        )
+
+    def claimed_tokens_per_s(self) -> float | None:
+        return self.config.tokens_per_s or None
+
+    async def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+        prompt_tokens = _count_words(task)
+        limit = task.sampling.max_tokens or (self.config.context_length - prompt_tokens)
+        if prompt_tokens + limit > self.config.context_length:
+            raise TaskRejected(
+                "context_length_exceeded",
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({limit}) exceeds the "
+                f"context window of {self.config.context_length} tokens",
+                retryable=False,
+            )
+        if self._random.random() < self.config.failure_rate:
+            raise TaskRejected("engine_error", "the fake engine failed on purpose", retryable=True)
+        if self.config.latency_s:
+            await asyncio.sleep(self.config.latency_s)
+        produced = min(limit, self.config.natural_length)
+        delay = 1 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
+        for index in range(produced):
+            if delay:
+                await asyncio.sleep(delay)
+            yield TaskChunk(task_id=task.task_id, text=f" w{index}", tokens=1)
+        finish = "length" if produced == limit else "stop"
+        yield TaskDone(
+            task_id=task.task_id,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=produced,
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+def _count_words(task: TaskAssign) -> int:
+    if task.prompt is not None:
+        return max(1, len(task.prompt.split()))
+    return sum(len(m.content.split()) + 4 for m in task.messages or ())

@@ -1,0 +1,225 @@
+"""llama.cpp through ``llama-cpp-python``, in process.
+
+Each slot is its own ``Llama`` context over the same memory-mapped weights.
+Generation runs in a worker thread and hands tokens to the event loop through
+a queue, so heartbeats and other tasks never stall behind a decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferswarm.miner.engines.base import TaskRejected
+from inferswarm.miner.engines.text import StopSequenceFilter
+from inferswarm.miner.models import file_sha256, model_name_for, quantization_of
+from inferswarm.protocol import FinishReason, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+
+
+TOP_K = 40
+"""llama.cpp's default; OpenAI's API has no top_k, and sampling a small model
+over its whole vocabulary at temperature 1 gives noise."""
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    model_path: Path
+    context_length: int = 2048
+    slots: int = 1
+    threads: int | None = None
+    batch_size: int = 256
+    model_name: str | None = None
+
+
+@dataclass
+class _Piece:
+    text: str
+    tokens: int
+
+
+@dataclass
+class _End:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, config: LlamaConfig) -> None:
+        from llama_cpp import Llama  # imported here: it loads the native library
+
+        self.config = config
+        self.slots = config.slots
+        threads = config.threads or max(1, (os.cpu_count() or 1) // config.slots)
+        self._contexts: asyncio.Queue[Any] = asyncio.Queue()
+        first = None
+        for _ in range(config.slots):
+            llm = Llama(
+                model_path=str(config.model_path),
+                n_ctx=config.context_length,
+                n_threads=threads,
+                n_batch=config.batch_size,
+                verbose=False,
+            )
+            first = first or llm
+            self._contexts.put_nowait(llm)
+        assert first is not None
+        self._chat = _chat_formatter(first)
+        self._model_name = ModelName(config.model_name or model_name_for(config.model_path))
+        self._hash = file_sha256(config.model_path)
+
+    def offers(self) -> tuple[ModelOffer, ...]:
+        return (
+            ModelOffer(
+                name=self._model_name,
+                context_length=self.config.context_length,
+                file_hash=self._hash,
+                quantization=quantization_of(self.config.model_path),
+                has_chat_template=self._chat is not None,
+            ),
+        )
+
+    def claimed_tokens_per_s(self) -> float | None:
+        return None  # measured by the router from real tasks
+
+    async def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+        if task.model != self._model_name:
+            raise TaskRejected("model_not_loaded", f"this miner serves {self._model_name}, not {task.model}", retryable=True)
+        llm = await self._contexts.get()
+        try:
+            prompt_tokens = self._prompt_tokens(llm, task)
+        except BaseException:
+            self._contexts.put_nowait(llm)
+            raise
+        cancelled = threading.Event()
+        events: asyncio.Queue[_Piece | _End | BaseException] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(item: _Piece | _End | BaseException) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        worker = loop.run_in_executor(None, _generate_blocking, llm, task, prompt_tokens, cancelled, emit)
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, _Piece):
+                    yield TaskChunk(task_id=task.task_id, text=item.text, tokens=item.tokens)
+                    continue
+                yield TaskDone(task_id=task.task_id, finish_reason=item.finish_reason, prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                break
+            await worker
+        finally:
+            # On cancel the thread may still be decoding: the context goes back
+            # to the pool only once it has stopped.
+            cancelled.set()
+            worker.add_done_callback(lambda _: self._contexts.put_nowait(llm))
+
+    def _prompt_tokens(self, llm: Any, task: TaskAssign) -> list[int]:
+        if task.messages is not None:
+            if self._chat is None:
+                raise TaskRejected("invalid_request", f"{self._model_name} has no chat template; use /v1/completions", retryable=False)
+            messages = [{"role": m.role, "content": m.content} for m in task.messages]
+            try:
+                prompt = self._chat(messages=messages).prompt
+            except Exception as exc:  # templates may reject role orders
+                raise TaskRejected("invalid_request", f"the model's chat template rejected the messages: {exc}", retryable=False) from exc
+            tokens: list[int] = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        else:
+            tokens = llm.tokenize((task.prompt or "").encode(), add_bos=True, special=False)
+        limit = self.config.context_length
+        wanted = task.sampling.max_tokens or 1
+        if len(tokens) + wanted > limit:
+            raise TaskRejected(
+                "context_length_exceeded",
+                f"This model's context window is {limit} tokens, but the prompt has {len(tokens)} tokens "
+                f"and max_tokens asks for {wanted} more. Shorten the prompt or lower max_tokens.",
+                retryable=False,
+            )
+        return tokens
+
+    async def close(self) -> None:
+        while not self._contexts.empty():
+            self._contexts.get_nowait().close()
+
+
+def _chat_formatter(llm: Any) -> Any:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+
+def _generate_blocking(
+    llm: Any,
+    task: TaskAssign,
+    prompt_tokens: list[int],
+    cancelled: threading.Event,
+    emit: Callable[[_Piece | _End | BaseException], None],
+) -> None:
+    """Runs in a worker thread: sample tokens until a stop, the limit, or cancel."""
+    try:
+        emit(_decode_loop(llm, task, prompt_tokens, cancelled, emit))
+    except Exception as exc:
+        emit(TaskRejected("engine_error", f"llama.cpp failed: {exc}", retryable=True))
+
+
+def _decode_loop(
+    llm: Any,
+    task: TaskAssign,
+    prompt_tokens: list[int],
+    cancelled: threading.Event,
+    emit: Callable[[_Piece | _End | BaseException], None],
+) -> _End:
+    import llama_cpp
+
+    sampling = task.sampling
+    limit = sampling.max_tokens or (llm.n_ctx() - len(prompt_tokens))
+    llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+    stops = StopSequenceFilter(sampling.stop)
+    produced = 0
+    unsent = 0  # tokens whose text is held back (partial UTF-8 or a possible stop)
+    finish: FinishReason = "length"
+    tokens: Iterator[int] = llm.generate(
+        prompt_tokens,
+        temp=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=TOP_K,
+        min_p=0.0,
+        frequency_penalty=sampling.frequency_penalty,
+        presence_penalty=sampling.presence_penalty,
+    )
+    for token in tokens:
+        if cancelled.is_set():
+            break
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            finish = "stop"
+            break
+        produced += 1
+        unsent += 1
+        text = stops.feed_bytes(llm.detokenize([token], special=False))
+        if text:
+            emit(_Piece(text, unsent))
+            unsent = 0
+        if stops.stopped:
+            finish = "stop"
+            break
+        if produced >= limit:
+            break
+    rest = stops.flush()
+    if rest:
+        emit(_Piece(rest, unsent))
+    return _End(finish, len(prompt_tokens), produced)

@@ -1,0 +1,194 @@
+"""Every message that crosses the router <-> miner WebSocket.
+
+Messages are frozen pydantic models tagged by ``type``; one JSON text frame
+carries one message. ``parse_message`` turns a frame into the right model.
+
+Flow::
+
+    miner                          router
+      | -- Register --------------->  |
+      | <-------------- Registered -- |   (or Refused, then close)
+      | -- Heartbeat (every ~1 s) ->  |
+      | <-------------- TaskAssign -- |
+      | -- TaskChunk ... ---------->  |   (one per generated piece of text)
+      | -- TaskDone | TaskFailed -->  |
+      | <-------------- TaskCancel -- |   (client went away)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from inferswarm.protocol.ids import MinerId, ModelName, TaskId
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change; a router refuses miners of another version."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GpuInfo(_Message):
+    name: str
+    memory_bytes: int = Field(ge=0)
+
+
+class HardwareProfile(_Message):
+    """What the miner runs on, as probed at start."""
+
+    cpu_model: str
+    cpu_cores: int = Field(ge=1)
+    ram_bytes: int = Field(ge=0)
+    gpus: tuple[GpuInfo, ...] = ()
+    platform: str = ""
+
+    def summary(self) -> str:
+        gib = self.ram_bytes / 2**30
+        cpu = self.cpu_model
+        for noise in ("(R)", "(TM)", " CPU", " Processor"):
+            cpu = cpu.replace(noise, "")
+        text = f"{self.cpu_cores}c {' '.join(cpu.split())} · {gib:.0f} GiB"
+        if self.gpus:
+            text += " · " + ", ".join(gpu.name for gpu in self.gpus)
+        return text
+
+
+class ModelOffer(_Message):
+    """One model a miner serves."""
+
+    name: ModelName
+    context_length: int = Field(ge=1)
+    file_hash: str = ""
+    quantization: str = ""
+    has_chat_template: bool = True
+
+
+class Register(_Message):
+    type: Literal["register"] = "register"
+    protocol_version: int
+    miner_id: MinerId
+    name: str
+    engine: str
+    hardware: HardwareProfile
+    models: tuple[ModelOffer, ...] = Field(min_length=1)
+    slots: int = Field(ge=1)
+    claimed_tokens_per_s: float | None = Field(default=None, ge=0)
+    software_version: str = ""
+
+
+class Registered(_Message):
+    type: Literal["registered"] = "registered"
+    miner_id: MinerId
+    heartbeat_interval_s: float
+
+
+class Refused(_Message):
+    """The router will not take this miner; ``reason`` says why and what to do."""
+
+    type: Literal["refused"] = "refused"
+    reason: str
+
+
+class Heartbeat(_Message):
+    type: Literal["heartbeat"] = "heartbeat"
+    busy_slots: int = Field(ge=0)
+    queued_tasks: int = Field(ge=0)
+    cpu_percent: float = 0.0
+    ram_percent: float = 0.0
+
+
+class ChatMessage(_Message):
+    role: str
+    content: str
+
+
+class SamplingParams(_Message):
+    """``max_tokens=None`` means: generate until a stop or the context is full."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+class TaskAssign(_Message):
+    """Run one generation. Exactly one of ``prompt`` or ``messages`` is set."""
+
+    type: Literal["task"] = "task"
+    task_id: TaskId
+    model: ModelName
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    sampling: SamplingParams
+
+
+class TaskCancel(_Message):
+    type: Literal["cancel"] = "cancel"
+    task_id: TaskId
+
+
+class TaskChunk(_Message):
+    """Text generated since the previous chunk of the same task."""
+
+    type: Literal["chunk"] = "chunk"
+    task_id: TaskId
+    text: str
+    tokens: int = Field(default=1, ge=0)
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class TaskDone(_Message):
+    type: Literal["done"] = "done"
+    task_id: TaskId
+    finish_reason: FinishReason
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+FailureCode = Literal[
+    "context_length_exceeded", "invalid_request", "model_not_loaded", "engine_error", "cancelled"
+]
+
+
+class TaskFailed(_Message):
+    """The task did not finish. ``retryable`` tells the router whether another
+    miner could succeed (an engine crash) or not (a prompt that is too long)."""
+
+    type: Literal["failed"] = "failed"
+    task_id: TaskId
+    code: FailureCode
+    message: str
+    retryable: bool
+
+
+MinerMessage = Annotated[
+    Register | Heartbeat | TaskChunk | TaskDone | TaskFailed, Field(discriminator="type")
+]
+RouterMessage = Annotated[
+    Registered | Refused | TaskAssign | TaskCancel, Field(discriminator="type")
+]
+
+_MINER_MESSAGES: TypeAdapter[MinerMessage] = TypeAdapter(MinerMessage)
+_ROUTER_MESSAGES: TypeAdapter[RouterMessage] = TypeAdapter(RouterMessage)
+
+
+def parse_miner_message(frame: str | bytes) -> MinerMessage:
+    """Parse a frame sent by a miner; raises ``pydantic.ValidationError`` if malformed."""
+    return _MINER_MESSAGES.validate_json(frame)
+
+
+def parse_router_message(frame: str | bytes) -> RouterMessage:
+    """Parse a frame sent by a router; raises ``pydantic.ValidationError`` if malformed."""
+    return _ROUTER_MESSAGES.validate_json(frame)
+
+
+def encode(message: _Message) -> str:
+    return message.model_dump_json(exclude_none=True)

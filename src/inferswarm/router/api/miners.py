@@ -1,0 +1,47 @@
+"""``GET /v1/miners``: the connected miners, as ``inferswarm status`` shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from inferswarm.router.registry import MinerConnection
+
+router = APIRouter()
+
+
+@router.get("/v1/miners")
+async def list_miners(request: Request) -> dict[str, Any]:
+    registry = request.app.state.registry
+    now: float = request.app.state.clock()
+    return {"object": "list", "data": [describe(conn, now) for conn in registry.connections()]}
+
+
+def describe(conn: MinerConnection, now: float) -> dict[str, Any]:
+    info = conn.info
+    heartbeat = conn.heartbeat
+    return {
+        "id": info.miner_id,
+        "name": info.name,
+        "state": conn.state.value,
+        "engine": info.engine,
+        "models": [offer.name for offer in info.models],
+        "model_details": [offer.model_dump() for offer in info.models],
+        "slots": info.slots,
+        "busy": len(conn.tasks),
+        "queued": heartbeat.queued_tasks if heartbeat else 0,
+        "tokens_per_s": conn.tokens_per_s,
+        "claimed_tokens_per_s": info.claimed_tokens_per_s,
+        "observed_tokens_per_s": conn.observed_tokens_per_s,
+        "hardware": info.hardware.model_dump(),
+        "hardware_summary": info.hardware.summary(),
+        "cpu_percent": heartbeat.cpu_percent if heartbeat else None,
+        "ram_percent": heartbeat.ram_percent if heartbeat else None,
+        "completed": conn.completed,
+        "failed": conn.failed,
+        "generated_tokens": conn.generated_tokens,
+        "connected_s": round(now - conn.connected_at, 1),
+        "last_seen_s": round(now - conn.last_seen, 2),
+        "software_version": info.software_version,
+    }

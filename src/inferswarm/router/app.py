@@ -1,0 +1,84 @@
+"""Builds the router's ASGI app from settings and collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, WebSocket
+
+from inferswarm import __version__
+from inferswarm.router.api import completions, miners, models
+from inferswarm.router.api.auth import require_api_key
+from inferswarm.router.api.body_limit import BodySizeLimit
+from inferswarm.router.api.errors import install_error_handlers
+from inferswarm.router.dispatch import Dispatcher
+from inferswarm.router.gateway import serve_miner
+from inferswarm.router.registry import Clock, MinerRegistry
+from inferswarm.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RouterDeps:
+    """Collaborators a test may replace."""
+
+    clock: Clock = field(default=time.monotonic)
+
+
+def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> FastAPI:
+    deps = deps or RouterDeps()
+    registry = MinerRegistry(deps.clock, settings.heartbeat_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watchdog = asyncio.create_task(_expire_silent_miners(registry, settings))
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+            for conn in registry.connections():
+                await registry.remove(conn, "the router is shutting down")
+                await conn.close("the router is shutting down")
+
+    app = FastAPI(
+        title="inferswarm router",
+        version=__version__,
+        description="OpenAI-compatible API in front of a network of llama.cpp miners.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.dispatcher = Dispatcher(registry, settings.policy, settings.limits)
+    app.state.clock = deps.clock
+    app.state.started_at = time.time()
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    authed = [Depends(require_api_key)]
+    for api in (completions.router, models.router, miners.router):
+        app.include_router(api, dependencies=authed)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict[str, Any]:
+        return {"status": "ok", "miners": len(registry.connections()), "version": __version__}
+
+    @app.websocket("/miner/ws")
+    async def miner_ws(websocket: WebSocket) -> None:
+        await serve_miner(websocket, registry, settings)
+
+    return app
+
+
+async def _expire_silent_miners(registry: MinerRegistry, settings: RouterSettings) -> None:
+    while True:
+        await asyncio.sleep(min(1.0, settings.heartbeat_timeout_s / 4))
+        try:
+            await registry.expire_silent()
+        except Exception:
+            log.exception("expiring silent miners failed; will retry")

@@ -1,0 +1,90 @@
+"""The miner gateway: ``GET /miner/ws``, the WebSocket that miners dial.
+
+The first frame must be a ``Register`` of our protocol version; anything else
+is answered with ``Refused`` and a close, so the miner operator reads why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from inferswarm.protocol import (
+    PROTOCOL_VERSION,
+    Refused,
+    Register,
+    Registered,
+    encode,
+    parse_miner_message,
+)
+from inferswarm.router.registry import MinerRegistry
+from inferswarm.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+POLICY_VIOLATION = 1008
+
+
+async def serve_miner(websocket: WebSocket, registry: MinerRegistry, settings: RouterSettings) -> None:
+    await websocket.accept()
+    info = await _handshake(websocket, settings)
+    if info is None:
+        return
+
+    async def close(reason: str) -> None:
+        try:
+            await websocket.close(code=POLICY_VIOLATION, reason=reason[:120])
+        except Exception:
+            log.debug("closing miner socket %s failed; already closed", info.miner_id)
+
+    conn = await registry.add(info, websocket.send_text, close)
+    reason = "the connection closed"
+    try:
+        await websocket.send_text(
+            encode(Registered(miner_id=info.miner_id, heartbeat_interval_s=settings.heartbeat_interval_s))
+        )
+        while True:
+            frame = await websocket.receive_text()
+            message = parse_miner_message(frame)
+            if isinstance(message, Register):
+                raise ValueError("a second register frame on one connection")
+            registry.on_message(conn, message)
+    except WebSocketDisconnect:
+        pass
+    except (ValidationError, ValueError) as exc:
+        reason = f"protocol error: {exc}"
+        log.warning("miner %s sent a bad frame, disconnecting: %s", info.miner_id, exc)
+        await close(reason)
+    finally:
+        await registry.remove(conn, reason)
+
+
+async def _handshake(websocket: WebSocket, settings: RouterSettings) -> Register | None:
+    try:
+        frame = await asyncio.wait_for(websocket.receive_text(), settings.register_timeout_s)
+        message = parse_miner_message(frame)
+    except (TimeoutError, WebSocketDisconnect):
+        return None
+    except (ValidationError, KeyError, RuntimeError) as exc:
+        await _refuse(websocket, f"the first frame must be a valid register message: {exc}")
+        return None
+    if not isinstance(message, Register):
+        await _refuse(websocket, "the first frame must be a register message")
+        return None
+    if message.protocol_version != PROTOCOL_VERSION:
+        await _refuse(
+            websocket,
+            f"protocol version {message.protocol_version} is not supported; this router speaks "
+            f"version {PROTOCOL_VERSION}. Upgrade inferswarm on the miner or the router so they match.",
+        )
+        return None
+    return message
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    log.warning("refused a miner: %s", reason)
+    await websocket.send_text(encode(Refused(reason=reason)))
+    await websocket.close(code=POLICY_VIOLATION, reason="refused")
