@@ -114,7 +114,8 @@ class Dispatcher:
             return decision.miner_id
         if failures:
             raise UpstreamFailed(
-                f"{decision.reason}; earlier attempts failed: {'; '.join(failures)}",
+                f"the request failed on {len(tried)} miners: {'; '.join(failures)}; "
+                f"then {decision.reason}. Retry later; if it keeps failing, check the miners' logs.",
                 code="miners_failed",
             )
         raise ServiceUnavailable(

@@ -1,0 +1,134 @@
+"""Starting real router and miner processes on loopback for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class Network:
+    """A router and its miners as real processes; everything stops on exit."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    api_key: str | None = None
+    procs: list[Proc] = field(default_factory=list)
+    router: Proc | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        log = self.workdir / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("INFERSWARM_API_KEYS", None)
+        with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "inferswarm", *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_router(self, *extra: str) -> Proc:
+        args = ["router", "--port", str(self.port), "--data-dir", str(self.workdir / "router")]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        self.router = self.spawn("router", *args, *extra)
+        self.wait_http("/healthz")
+        return self.router
+
+    def start_miner(self, name: str, *extra: str, engine: str = "fake") -> Proc:
+        return self.spawn(
+            name, "miner", "--router", self.base_url, "--engine", engine, "--name", name, *extra
+        )
+
+    def wait_http(self, path: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._fail_if_router_died()
+            try:
+                if httpx.get(self.base_url + path, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{path} did not answer within {timeout} s")
+
+    def miners(self) -> list[dict[str, object]]:
+        response = httpx.get(self.base_url + "/v1/miners", headers=self.headers(), timeout=5)
+        response.raise_for_status()
+        data: list[dict[str, object]] = response.json()["data"]
+        return data
+
+    def wait_miners(self, count: int, timeout: float = 60) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._fail_if_router_died()
+            miners = self.miners()
+            if len(miners) == count:
+                return miners
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {p.name}\n{p.output()[-2000:]}" for p in self.procs)
+        raise TimeoutError(f"expected {count} miners, have {len(self.miners())}\n{logs}")
+
+    def _fail_if_router_died(self) -> None:
+        if self.router is not None and self.router.popen.poll() is not None:
+            raise RuntimeError(f"the router exited:\n{self.router.output()[-3000:]}")
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@contextmanager
+def network(workdir: Path, api_key: str | None = None) -> Iterator[Network]:
+    net = Network(workdir=workdir, api_key=api_key)
+    try:
+        yield net
+    finally:
+        net.close()

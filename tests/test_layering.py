@@ -1,0 +1,73 @@
+"""The architecture's import rules (DESIGN.md decision 2), checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "src" / "inferswarm"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def imports_of(subpackage: str) -> dict[Path, set[str]]:
+    return {path: imported_modules(path) for path in (PACKAGE / subpackage).rglob("*.py")}
+
+
+def offenders(subpackage: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path, modules in imports_of(subpackage).items()
+        for module in sorted(modules)
+        if module.startswith(forbidden)
+    ]
+
+
+def test_router_never_imports_miner() -> None:
+    assert offenders("router", ("inferswarm.miner",)) == []
+
+
+def test_miner_never_imports_router() -> None:
+    assert offenders("miner", ("inferswarm.router",)) == []
+
+
+def test_protocol_imports_nothing_else_from_inferswarm() -> None:
+    bad = [
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path, modules in imports_of("protocol").items()
+        for module in modules
+        if module.startswith("inferswarm") and not module.startswith("inferswarm.protocol")
+    ]
+    assert bad == []
+
+
+def test_openai_compat_is_shared_and_neutral() -> None:
+    assert offenders("openai_compat", ("inferswarm.router", "inferswarm.miner")) == []
+
+
+def test_scheduler_is_pure() -> None:
+    modules = imported_modules(PACKAGE / "router" / "schedule.py")
+    io_modules = {"asyncio", "time", "random", "socket", "httpx", "fastapi", "starlette", "os"}
+    assert modules & io_modules == set()
+    assert all(
+        not m.startswith("inferswarm.router.") or m == "inferswarm.router.schedule" for m in modules
+    )
+
+
+@pytest.mark.parametrize("probe", ["router", "miner"])
+def test_checker_catches_a_violation(tmp_path: Path, probe: str) -> None:
+    other = "miner" if probe == "router" else "router"
+    bad = tmp_path / "bad.py"
+    bad.write_text(f"from inferswarm.{other}.x import y\n")
+    assert any(m.startswith(f"inferswarm.{other}") for m in imported_modules(bad))
