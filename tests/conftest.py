@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from netutil import Network, network  # noqa: E402
+from netutil import Network, network
 
 
 @pytest.fixture

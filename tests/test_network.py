@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from netutil import Network
 from websockets.sync.client import connect
 
 from inferswarm.protocol import PROTOCOL_VERSION, MinerId, encode, parse_router_message
+from netutil import Network
 
 MODEL = "fake-model"
 

@@ -45,28 +45,97 @@ class EngineKind(StrEnum):
 
 
 def miner(
-    router: Annotated[str, typer.Option(help="Router to serve, e.g. http://10.0.0.5:8000.", envvar="INFERSWARM_ROUTER")] = "http://127.0.0.1:8000",
-    engine: Annotated[EngineKind, typer.Option(help="llamacpp runs a GGUF model; openai fronts --upstream; fake is for tests only.", envvar="INFERSWARM_ENGINE")] = EngineKind.LLAMACPP,
-    model: Annotated[Path | None, typer.Option(help="GGUF file to serve (default: the shipped SmolLM2-135M-Instruct Q4_1).", envvar="INFERSWARM_MODEL")] = None,
-    model_name: Annotated[str | None, typer.Option(help="Name to serve the model under (default: from the file name, e.g. smollm2-135m-instruct:q4_1).")] = None,
-    slots: Annotated[int, typer.Option(min=1, help="Tasks run at once.", envvar="INFERSWARM_SLOTS")] = 1,
-    name: Annotated[str | None, typer.Option(help="Human-readable miner name (default: host name).", envvar="INFERSWARM_MINER_NAME")] = None,
+    router: Annotated[
+        str,
+        typer.Option(
+            help="Router to serve, e.g. http://10.0.0.5:8000.", envvar="INFERSWARM_ROUTER"
+        ),
+    ] = "http://127.0.0.1:8000",
+    engine: Annotated[
+        EngineKind,
+        typer.Option(
+            help="llamacpp runs a GGUF model; openai fronts --upstream; fake is for tests only.",
+            envvar="INFERSWARM_ENGINE",
+        ),
+    ] = EngineKind.LLAMACPP,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="GGUF file to serve (default: the shipped SmolLM2-135M-Instruct Q4_1).",
+            envvar="INFERSWARM_MODEL",
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name to serve the model under (default: from the file name, e.g. smollm2-135m-instruct:q4_1)."
+        ),
+    ] = None,
+    slots: Annotated[
+        int, typer.Option(min=1, help="Tasks run at once.", envvar="INFERSWARM_SLOTS")
+    ] = 1,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Human-readable miner name (default: host name).", envvar="INFERSWARM_MINER_NAME"
+        ),
+    ] = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context window in tokens (llamacpp).")] = 2048,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for llama.cpp (default: cores / slots).")] = None,
-    fake_speed: Annotated[float, typer.Option(min=0, help="Fake engine tokens/s (0: instant).")] = 0.0,
-    fake_latency: Annotated[float, typer.Option(min=0, help="Fake engine seconds before the first token.")] = 0.0,
-    fake_failure_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of fake tasks that fail.")] = 0.0,
-    upstream: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --engine openai, e.g. http://127.0.0.1:11434.")] = None,
-    upstream_key: Annotated[str | None, typer.Option(help="API key for --upstream.", envvar="INFERSWARM_UPSTREAM_KEY")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Keeps the miner's id across restarts.", envvar="INFERSWARM_MINER_DATA_DIR")] = None,
-    http_port: Annotated[int | None, typer.Option(help="Also serve the engine directly on this port (for benchmarks and health checks).")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")] = "info",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads for llama.cpp (default: cores / slots).")
+    ] = None,
+    fake_speed: Annotated[
+        float, typer.Option(min=0, help="Fake engine tokens/s (0: instant).")
+    ] = 0.0,
+    fake_latency: Annotated[
+        float, typer.Option(min=0, help="Fake engine seconds before the first token.")
+    ] = 0.0,
+    fake_failure_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of fake tasks that fail.")
+    ] = 0.0,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL for --engine openai, e.g. http://127.0.0.1:11434."
+        ),
+    ] = None,
+    upstream_key: Annotated[
+        str | None, typer.Option(help="API key for --upstream.", envvar="INFERSWARM_UPSTREAM_KEY")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keeps the miner's id across restarts.", envvar="INFERSWARM_MINER_DATA_DIR"
+        ),
+    ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve the engine directly on this port (for benchmarks and health checks)."
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
+    ] = "info",
 ) -> None:
     """Run a miner: serve a model to a router over a WebSocket the miner dials (no open port needed)."""
     setup_logging(log_level)
-    options = EngineOptions(model, model_name, slots, ctx, threads, fake_speed, fake_latency, fake_failure_rate, upstream, upstream_key)
+    options = EngineOptions(
+        model,
+        model_name,
+        slots,
+        ctx,
+        threads,
+        fake_speed,
+        fake_latency,
+        fake_failure_rate,
+        upstream,
+        upstream_key,
+    )
     try:
-        asyncio.run(_serve(router, engine, options, name or socket.gethostname(), data_dir, http_port))
+        asyncio.run(
+            _serve(router, engine, options, name or socket.gethostname(), data_dir, http_port)
+        )
     except MinerRefused as exc:
         typer.echo(f"The router refused this miner: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -75,14 +144,32 @@ def miner(
         raise typer.Exit(2) from None
 
 
-async def _serve(router: str, kind: EngineKind, options: EngineOptions, name: str, data_dir: Path | None, http_port: int | None) -> None:
+async def _serve(
+    router: str,
+    kind: EngineKind,
+    options: EngineOptions,
+    name: str,
+    data_dir: Path | None,
+    http_port: int | None,
+) -> None:
     engine = await _build_engine(kind, options)
-    agent = MinerAgent(AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name), engine, probe_hardware())
+    agent = MinerAgent(
+        AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name),
+        engine,
+        probe_hardware(),
+    )
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     offers = ", ".join(o.name for o in engine.offers())
-    log.info("miner %s serving %s with %d slots on %s engine; dialling %s", name, offers, engine.slots, engine.name, router)
+    log.info(
+        "miner %s serving %s with %d slots on %s engine; dialling %s",
+        name,
+        offers,
+        engine.slots,
+        engine.name,
+        router,
+    )
     tasks = [asyncio.create_task(agent.run_forever())]
     if http_port is not None:
         tasks.append(asyncio.create_task(_serve_direct(engine, http_port)))
@@ -102,7 +189,13 @@ async def _serve(router: str, kind: EngineKind, options: EngineOptions, name: st
 async def _serve_direct(engine: Engine, port: int) -> None:
     from inferswarm.miner.direct import create_direct_app
 
-    config = uvicorn.Config(create_direct_app(engine), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        create_direct_app(engine),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
     await uvicorn.Server(config).serve()
 
 
@@ -124,7 +217,9 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
 
         if not o.upstream:
             raise ValueError("--engine openai needs --upstream URL (an OpenAI-compatible server)")
-        return await UpstreamEngine.discover(o.upstream, context_length=o.ctx, slots=o.slots, api_key=o.upstream_key)
+        return await UpstreamEngine.discover(
+            o.upstream, context_length=o.ctx, slots=o.slots, api_key=o.upstream_key
+        )
     return await asyncio.to_thread(_llama_engine, o)
 
 
@@ -138,5 +233,11 @@ def _llama_engine(o: EngineOptions) -> Engine:
         raise ValueError(str(exc)) from None
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist; pass --model PATH.gguf")
-    config = LlamaConfig(model_path=path, context_length=o.ctx, slots=o.slots, threads=o.threads, model_name=o.model_name)
+    config = LlamaConfig(
+        model_path=path,
+        context_length=o.ctx,
+        slots=o.slots,
+        threads=o.threads,
+        model_name=o.model_name,
+    )
     return LlamaCppEngine(config)

@@ -16,16 +16,45 @@ from inferswarm.router.settings import RouterSettings
 
 
 def router(
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 to accept other machines).", envvar="INFERSWARM_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for the API and the miner gateway.", envvar="INFERSWARM_PORT")] = 8000,
-    policy: Annotated[Policy, typer.Option(help="How tasks are allocated to miners.", envvar="INFERSWARM_POLICY")] = Policy.LEAST_LOADED,
-    data_dir: Annotated[Path, typer.Option(help="Where the router keeps its state.", envvar="INFERSWARM_DATA_DIR")] = Path("data/router"),
-    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="Accept this client API key (repeatable). None given: no auth.", envvar="INFERSWARM_API_KEYS")] = None,
-    heartbeat_timeout: Annotated[float, typer.Option(help="Seconds without a heartbeat before a miner is dropped.")] = 5.0,
-    first_token_timeout: Annotated[float, typer.Option(help="Seconds to wait for a miner's first token before trying another.")] = 120.0,
-    idle_timeout: Annotated[float, typer.Option(help="Seconds to wait between tokens before failing the request.")] = 60.0,
-    max_attempts: Annotated[int, typer.Option(help="Miners tried per request before giving up.")] = 3,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")] = "info",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on (0.0.0.0 to accept other machines).",
+            envvar="INFERSWARM_HOST",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port for the API and the miner gateway.", envvar="INFERSWARM_PORT")
+    ] = 8000,
+    policy: Annotated[
+        Policy, typer.Option(help="How tasks are allocated to miners.", envvar="INFERSWARM_POLICY")
+    ] = Policy.LEAST_LOADED,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the router keeps its state.", envvar="INFERSWARM_DATA_DIR")
+    ] = Path("data/router"),
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            help="Accept this client API key (repeatable). None given: no auth.",
+            envvar="INFERSWARM_API_KEYS",
+        ),
+    ] = None,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="Seconds without a heartbeat before a miner is dropped.")
+    ] = 5.0,
+    first_token_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a miner's first token before trying another.")
+    ] = 120.0,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait between tokens before failing the request.")
+    ] = 60.0,
+    max_attempts: Annotated[
+        int, typer.Option(help="Miners tried per request before giving up.")
+    ] = 3,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
+    ] = "info",
 ) -> None:
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
@@ -38,6 +67,18 @@ def router(
         data_dir=data_dir,
         api_keys=keys,
         heartbeat_timeout_s=heartbeat_timeout,
-        limits=DispatchLimits(max_attempts=max_attempts, first_token_timeout_s=first_token_timeout, idle_timeout_s=idle_timeout),
+        limits=DispatchLimits(
+            max_attempts=max_attempts,
+            first_token_timeout_s=first_token_timeout,
+            idle_timeout_s=idle_timeout,
+        ),
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower(), access_log=False, ws_ping_interval=10, ws_ping_timeout=20)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        ws_ping_interval=10,
+        ws_ping_timeout=20,
+    )

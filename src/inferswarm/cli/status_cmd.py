@@ -12,9 +12,16 @@ from rich.table import Table
 
 
 def status(
-    router: Annotated[str, typer.Option(help="Router base URL.", envvar="INFERSWARM_ROUTER")] = "http://127.0.0.1:8000",
-    api_key: Annotated[str | None, typer.Option(help="Client API key if the router has auth on.", envvar="INFERSWARM_API_KEY")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON instead of a table.")] = False,
+    router: Annotated[
+        str, typer.Option(help="Router base URL.", envvar="INFERSWARM_ROUTER")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Client API key if the router has auth on.", envvar="INFERSWARM_API_KEY"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Show the miners connected to a router: hardware, model, load, speed, state."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -22,10 +29,15 @@ def status(
     try:
         response = httpx.get(url, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        typer.echo(f"Cannot reach the router at {router}: {exc}. Is it running? (inferswarm router / make up)", err=True)
+        typer.echo(
+            f"Cannot reach the router at {router}: {exc}. Is it running? (inferswarm router / make up)",
+            err=True,
+        )
         raise typer.Exit(1) from None
     if response.status_code != 200:
-        typer.echo(f"The router answered {response.status_code}: {_error_message(response)}", err=True)
+        typer.echo(
+            f"The router answered {response.status_code}: {_error_message(response)}", err=True
+        )
         raise typer.Exit(1)
     miners = response.json()["data"]
     if as_json:
@@ -36,8 +48,19 @@ def status(
 
 def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
     table = Table(title=f"inferswarm miners at {router}", caption=f"{len(miners)} miner(s)")
-    for column in ("id", "name", "hardware", "model", "slots busy/total", "tokens/s", "done/failed", "state"):
-        table.add_column(column, justify="right" if column in ("tokens/s", "done/failed") else "left")
+    for column in (
+        "id",
+        "name",
+        "hardware",
+        "model",
+        "slots busy/total",
+        "tokens/s",
+        "done/failed",
+        "state",
+    ):
+        table.add_column(
+            column, justify="right" if column in ("tokens/s", "done/failed") else "left"
+        )
     for m in miners:
         speed = m.get("tokens_per_s")
         table.add_row(
@@ -46,7 +69,7 @@ def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
             m.get("hardware_summary", ""),
             ", ".join(m["models"]),
             f"{m['busy']}/{m['slots']}",
-            f"{speed:.1f}" if speed else "–",
+            f"{speed:.1f}" if speed else "-",
             f"{m.get('completed', 0)}/{m.get('failed', 0)}",
             m["state"],
         )

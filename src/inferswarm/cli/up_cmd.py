@@ -24,11 +24,20 @@ console = Console()
 def up(
     miners: Annotated[int, typer.Option(min=1, help="How many miners to start.")] = 2,
     port: Annotated[int, typer.Option(help="Router port.", envvar="INFERSWARM_PORT")] = 8000,
-    engine: Annotated[EngineKind, typer.Option(help="Engine for the miners (fake is for tests only).")] = EngineKind.LLAMACPP,
-    model: Annotated[Path | None, typer.Option(help="GGUF file for the miners (default: the shipped SmolLM2-135M).")] = None,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without an API key (local experiments only).")] = False,
+    engine: Annotated[
+        EngineKind, typer.Option(help="Engine for the miners (fake is for tests only).")
+    ] = EngineKind.LLAMACPP,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="GGUF file for the miners (default: the shipped SmolLM2-135M)."),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without an API key (local experiments only).")
+    ] = False,
     data_dir: Annotated[Path, typer.Option(help="State for the router and miners.")] = Path("data"),
-    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the network to come up.")] = 120.0,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the network to come up.")
+    ] = 120.0,
 ) -> None:
     """Start a router and miners on this machine; Ctrl-C stops them all."""
     api_key = None if no_auth else f"isk-{secrets.token_urlsafe(24)}"
@@ -37,10 +46,36 @@ def up(
     env = dict(os.environ)
     if api_key:
         env["INFERSWARM_API_KEYS"] = api_key
-    procs = [_spawn(["router", "--port", str(port), "--data-dir", str(data_dir / "router"), "--log-level", "warning"], env)]
+    procs = [
+        _spawn(
+            [
+                "router",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir / "router"),
+                "--log-level",
+                "warning",
+            ],
+            env,
+        )
+    ]
     for index in range(miners):
-        args = ["miner", "--router", base, "--engine", engine.value, "--name", f"local-{index + 1}",
-                "--data-dir", str(data_dir / f"miner-{index + 1}"), "--threads", str(threads), "--log-level", "warning"]
+        args = [
+            "miner",
+            "--router",
+            base,
+            "--engine",
+            engine.value,
+            "--name",
+            f"local-{index + 1}",
+            "--data-dir",
+            str(data_dir / f"miner-{index + 1}"),
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+        ]
         if model is not None:
             args += ["--model", str(model)]
         procs.append(_spawn(args, env))
@@ -59,10 +94,18 @@ def up(
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Own process group, so Ctrl-C reaches only `up`, which then stops children in order.
-    return subprocess.Popen([sys.executable, "-m", "inferswarm", *args], env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "inferswarm", *args], env=env, start_new_session=True
+    )
 
 
-def _wait_ready(base: str, api_key: str | None, miners: int, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+def _wait_ready(
+    base: str,
+    api_key: str | None,
+    miners: int,
+    procs: list[subprocess.Popen[bytes]],
+    timeout: float,
+) -> None:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.monotonic() + timeout
     with console.status(f"Starting a router and {miners} miner(s)…"):
@@ -70,7 +113,9 @@ def _wait_ready(base: str, api_key: str | None, miners: int, procs: list[subproc
             if any(p.poll() is not None for p in procs):
                 raise typer.Exit(_died(procs))
             try:
-                joined = len(httpx.get(f"{base}/v1/miners", headers=headers, timeout=2).json()["data"])
+                joined = len(
+                    httpx.get(f"{base}/v1/miners", headers=headers, timeout=2).json()["data"]
+                )
                 if joined >= miners:
                     return
             except (httpx.HTTPError, ValueError, KeyError):
@@ -82,13 +127,17 @@ def _wait_ready(base: str, api_key: str | None, miners: int, procs: list[subproc
 
 def _died(procs: list[subprocess.Popen[bytes]]) -> int:
     dead = [p for p in procs if p.poll() is not None]
-    console.print(f"[red]{len(dead)} process(es) exited during start-up (see the messages above); is port in use?[/red]")
+    console.print(
+        f"[red]{len(dead)} process(es) exited during start-up (see the messages above); is port in use?[/red]"
+    )
     return 1
 
 
 def _print_welcome(base: str, api_key: str | None, miners: int, no_auth: bool) -> None:
     key = api_key or "none"
-    models = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5).json()["data"]
+    models = httpx.get(
+        f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5
+    ).json()["data"]
     model = models[0]["id"] if models else "MODEL"
     curl = (
         f"curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
@@ -104,8 +153,16 @@ def _print_welcome(base: str, api_key: str | None, miners: int, no_auth: bool) -
     lines = [
         f"[bold green]inferswarm is up[/bold green]: 1 router, {miners} miner(s) serving [bold]{model}[/bold]",
         f"Base URL:  [bold]{base}/v1[/bold]",
-        f"API key:   [bold]{api_key}[/bold]" if api_key else "API key:   none ([yellow]--no-auth: anyone on this machine can use it[/yellow])",
-        "", "[bold]curl[/bold]", curl, "", "[bold]Python (openai)[/bold]", python, "",
+        f"API key:   [bold]{api_key}[/bold]"
+        if api_key
+        else "API key:   none ([yellow]--no-auth: anyone on this machine can use it[/yellow])",
+        "",
+        "[bold]curl[/bold]",
+        curl,
+        "",
+        "[bold]Python (openai)[/bold]",
+        python,
+        "",
         f"Status: inferswarm status --router {base}" + (f" --api-key {api_key}" if api_key else ""),
         "Press Ctrl-C to stop.",
     ]

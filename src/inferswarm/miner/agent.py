@@ -109,7 +109,9 @@ class MinerAgent:
             except MinerRefused:
                 raise
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                log.warning("router %s unreachable or lost (%s); retrying in %.1f s", url, exc, delay)
+                log.warning(
+                    "router %s unreachable or lost (%s); retrying in %.1f s", url, exc, delay
+                )
             finally:
                 self.connected.clear()
                 self._cancel_all()
@@ -158,12 +160,25 @@ class MinerAgent:
                 finally:
                     self._busy -= 1
         except TaskRejected as exc:
-            await _send(ws, TaskFailed(task_id=task.task_id, code=exc.code, message=exc.message, retryable=exc.retryable))
+            await _send(
+                ws,
+                TaskFailed(
+                    task_id=task.task_id,
+                    code=exc.code,
+                    message=exc.message,
+                    retryable=exc.retryable,
+                ),
+            )
         except asyncio.CancelledError:
             log.debug("task %s cancelled by the router", task.task_id)
         except Exception as exc:
             log.exception("engine failed on task %s", task.task_id)
-            failure = TaskFailed(task_id=task.task_id, code="engine_error", message=f"{type(exc).__name__}: {exc}", retryable=True)
+            failure = TaskFailed(
+                task_id=task.task_id,
+                code="engine_error",
+                message=f"{type(exc).__name__}: {exc}",
+                retryable=True,
+            )
             await _send(ws, failure)
 
     async def _generate(self, ws: ClientConnection, task: TaskAssign) -> None:
@@ -175,7 +190,9 @@ class MinerAgent:
         while True:
             cpu, ram = usage_now()
             queued = len(self._running) - self._busy
-            beat = Heartbeat(busy_slots=self._busy, queued_tasks=max(0, queued), cpu_percent=cpu, ram_percent=ram)
+            beat = Heartbeat(
+                busy_slots=self._busy, queued_tasks=max(0, queued), cpu_percent=cpu, ram_percent=ram
+            )
             await ws.send(encode(beat))
             await asyncio.sleep(interval_s)
 

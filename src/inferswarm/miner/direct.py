@@ -41,10 +41,16 @@ def create_direct_app(engine: Engine) -> FastAPI:
                     else:
                         usage = schemas.usage(event.prompt_tokens, event.completion_tokens)
                         return schemas.text_completion(
-                            f"cmpl-{task.task_id}", body.model, "".join(parts), event.finish_reason, usage
+                            f"cmpl-{task.task_id}",
+                            body.model,
+                            "".join(parts),
+                            event.finish_reason,
+                            usage,
                         )
         except TaskRejected as exc:
-            return {"error": {"message": exc.message, "type": "invalid_request_error", "code": exc.code}}
+            return {
+                "error": {"message": exc.message, "type": "invalid_request_error", "code": exc.code}
+            }
         raise RuntimeError("the engine ended without finishing the task")
 
     return app

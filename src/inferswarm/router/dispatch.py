@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -82,7 +82,7 @@ class Dispatcher:
         self._limits = limits
         self._sequence = itertools.count()
 
-    async def run(self, job: Job) -> AsyncIterator[TaskChunk | TaskDone]:
+    async def run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         tried: set[MinerId] = set()
         failures: list[str] = []
         for _ in range(self._limits.max_attempts):
@@ -124,14 +124,18 @@ class Dispatcher:
             headers={"Retry-After": "1"},
         )
 
-    async def _attempt(self, job: Job, miner_id: MinerId) -> AsyncIterator[TaskChunk | TaskDone]:
+    async def _attempt(
+        self, job: Job, miner_id: MinerId
+    ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         task = job.assign(TaskId(f"task-{uuid.uuid4().hex}"))
         queue = await self._registry.start_task(miner_id, task)
         produced = False
         finished = False
         try:
             while True:
-                timeout = self._limits.idle_timeout_s if produced else self._limits.first_token_timeout_s
+                timeout = (
+                    self._limits.idle_timeout_s if produced else self._limits.first_token_timeout_s
+                )
                 event = await self._next_event(queue, timeout, produced, miner_id)
                 if isinstance(event, TaskChunk):
                     produced = True
@@ -148,13 +152,13 @@ class Dispatcher:
                 self._registry.cancel_task(miner_id, task.task_id)
 
     async def _next_event(
-        self, queue: asyncio.Queue[TaskEvent], timeout: float, produced: bool, miner_id: MinerId
+        self, queue: asyncio.Queue[TaskEvent], wait_s: float, produced: bool, miner_id: MinerId
     ) -> TaskEvent:
         try:
-            return await asyncio.wait_for(queue.get(), timeout)
+            return await asyncio.wait_for(queue.get(), wait_s)
         except TimeoutError:
             what = "the next token" if produced else "the first token"
-            reason = f"miner {miner_id} sent no {what} within {timeout:g} s"
+            reason = f"miner {miner_id} sent no {what} within {wait_s:g} s"
             if produced:
                 raise GatewayTimeout(reason, code="miner_timeout") from None
             raise _Retry(reason) from None

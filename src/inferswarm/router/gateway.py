@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 
 
-async def serve_miner(websocket: WebSocket, registry: MinerRegistry, settings: RouterSettings) -> None:
+async def serve_miner(
+    websocket: WebSocket, registry: MinerRegistry, settings: RouterSettings
+) -> None:
     await websocket.accept()
     info = await _handshake(websocket, settings)
     if info is None:
@@ -44,7 +46,11 @@ async def serve_miner(websocket: WebSocket, registry: MinerRegistry, settings: R
     reason = "the connection closed"
     try:
         await websocket.send_text(
-            encode(Registered(miner_id=info.miner_id, heartbeat_interval_s=settings.heartbeat_interval_s))
+            encode(
+                Registered(
+                    miner_id=info.miner_id, heartbeat_interval_s=settings.heartbeat_interval_s
+                )
+            )
         )
         while True:
             frame = await websocket.receive_text()

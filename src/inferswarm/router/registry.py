@@ -173,9 +173,7 @@ class MinerRegistry:
                 conn.failed += 1
         task.events.put_nowait(message)
 
-    async def start_task(
-        self, miner_id: MinerId, task: TaskAssign
-    ) -> asyncio.Queue[TaskEvent]:
+    async def start_task(self, miner_id: MinerId, task: TaskAssign) -> asyncio.Queue[TaskEvent]:
         conn = self._miners[miner_id]
         queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
         conn.tasks[task.task_id] = TaskInFlight(events=queue, started_at=self._clock())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from inferswarm.protocol import FailureCode, ModelOffer, TaskAssign, TaskChunk, TaskDone
@@ -30,7 +30,7 @@ class Engine(Protocol):
         """Generation speed the engine expects of itself (measured later by the router)."""
         ...
 
-    def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+    def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         """Stream the task's text chunks, then one ``TaskDone``; raise ``TaskRejected``
         when it cannot. Closing the iterator stops generation and frees the slot."""
         ...

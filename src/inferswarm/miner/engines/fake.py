@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from inferswarm.miner.engines.base import TaskRejected
@@ -49,7 +49,7 @@ class FakeEngine:
     def claimed_tokens_per_s(self) -> float | None:
         return self.config.tokens_per_s or None
 
-    async def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+    async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         prompt_tokens = _count_words(task)
         limit = task.sampling.max_tokens or (self.config.context_length - prompt_tokens)
         if prompt_tokens + limit > self.config.context_length:

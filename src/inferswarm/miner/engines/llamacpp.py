@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from inferswarm.miner.engines.base import TaskRejected
 from inferswarm.miner.engines.text import StopSequenceFilter
 from inferswarm.miner.models import file_sha256, model_name_for, quantization_of
 from inferswarm.protocol import FinishReason, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
-
 
 TOP_K = 40
 """llama.cpp's default; OpenAI's API has no top_k, and sampling a small model
@@ -90,9 +89,13 @@ class LlamaCppEngine:
     def claimed_tokens_per_s(self) -> float | None:
         return None  # measured by the router from real tasks
 
-    async def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+    async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         if task.model != self._model_name:
-            raise TaskRejected("model_not_loaded", f"this miner serves {self._model_name}, not {task.model}", retryable=True)
+            raise TaskRejected(
+                "model_not_loaded",
+                f"this miner serves {self._model_name}, not {task.model}",
+                retryable=True,
+            )
         llm = await self._contexts.get()
         try:
             prompt_tokens = self._prompt_tokens(llm, task)
@@ -106,7 +109,9 @@ class LlamaCppEngine:
         def emit(item: _Piece | _End | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        worker = loop.run_in_executor(None, _generate_blocking, llm, task, prompt_tokens, cancelled, emit)
+        worker = loop.run_in_executor(
+            None, _generate_blocking, llm, task, prompt_tokens, cancelled, emit
+        )
         try:
             while True:
                 item = await events.get()
@@ -115,7 +120,12 @@ class LlamaCppEngine:
                 if isinstance(item, _Piece):
                     yield TaskChunk(task_id=task.task_id, text=item.text, tokens=item.tokens)
                     continue
-                yield TaskDone(task_id=task.task_id, finish_reason=item.finish_reason, prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                yield TaskDone(
+                    task_id=task.task_id,
+                    finish_reason=item.finish_reason,
+                    prompt_tokens=item.prompt_tokens,
+                    completion_tokens=item.completion_tokens,
+                )
                 break
             await worker
         finally:
@@ -127,12 +137,20 @@ class LlamaCppEngine:
     def _prompt_tokens(self, llm: Any, task: TaskAssign) -> list[int]:
         if task.messages is not None:
             if self._chat is None:
-                raise TaskRejected("invalid_request", f"{self._model_name} has no chat template; use /v1/completions", retryable=False)
+                raise TaskRejected(
+                    "invalid_request",
+                    f"{self._model_name} has no chat template; use /v1/completions",
+                    retryable=False,
+                )
             messages = [{"role": m.role, "content": m.content} for m in task.messages]
             try:
                 prompt = self._chat(messages=messages).prompt
             except Exception as exc:  # templates may reject role orders
-                raise TaskRejected("invalid_request", f"the model's chat template rejected the messages: {exc}", retryable=False) from exc
+                raise TaskRejected(
+                    "invalid_request",
+                    f"the model's chat template rejected the messages: {exc}",
+                    retryable=False,
+                ) from exc
             tokens: list[int] = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         else:
             tokens = llm.tokenize((task.prompt or "").encode(), add_bos=True, special=False)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -61,7 +61,7 @@ class UpstreamEngine:
     def claimed_tokens_per_s(self) -> float | None:
         return None
 
-    async def generate(self, task: TaskAssign) -> AsyncIterator[TaskChunk | TaskDone]:
+    async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         path, body = _request_for(task)
         finish: FinishReason = "stop"
         usage: dict[str, int] = {}
@@ -85,7 +85,9 @@ class UpstreamEngine:
                         if choice.get("finish_reason") == "length":
                             finish = "length"
         except httpx.HTTPError as exc:
-            raise TaskRejected("engine_error", f"upstream request failed: {exc}", retryable=True) from exc
+            raise TaskRejected(
+                "engine_error", f"upstream request failed: {exc}", retryable=True
+            ) from exc
         yield TaskDone(
             task_id=task.task_id,
             finish_reason=finish,
@@ -128,7 +130,9 @@ async def _sse_payloads(response: httpx.Response) -> AsyncIterator[dict[str, Any
             return
         payload = json.loads(data)
         if "error" in payload:
-            raise TaskRejected("engine_error", f"upstream stream error: {payload['error']}", retryable=False)
+            raise TaskRejected(
+                "engine_error", f"upstream stream error: {payload['error']}", retryable=False
+            )
         yield payload
 
 

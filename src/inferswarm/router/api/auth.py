@@ -22,4 +22,7 @@ async def require_api_key(request: Request) -> None:
             code="missing_api_key",
         )
     if not any(hmac.compare_digest(token.strip(), key) for key in keys):
-        raise Unauthorized("Invalid API key. Check the key the router printed or was given.", code="invalid_api_key")
+        raise Unauthorized(
+            "Invalid API key. Check the key the router printed or was given.",
+            code="invalid_api_key",
+        )

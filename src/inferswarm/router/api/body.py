@@ -17,7 +17,9 @@ Body = TypeVar("Body", bound=BaseModel)
 async def parse_body(request: Request, model: type[Body]) -> Body:
     raw = await request.body()
     if not raw.strip():
-        raise InvalidRequest("The request body is empty. Send a JSON object.", code="invalid_request")
+        raise InvalidRequest(
+            "The request body is empty. Send a JSON object.", code="invalid_request"
+        )
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

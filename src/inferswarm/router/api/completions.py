@@ -26,7 +26,9 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """OpenAI's default for the legacy completions endpoint."""
 
 
-@router.post("/v1/chat/completions", openapi_extra=request_body_schema(schemas.ChatCompletionRequest))
+@router.post(
+    "/v1/chat/completions", openapi_extra=request_body_schema(schemas.ChatCompletionRequest)
+)
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
     messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
@@ -36,7 +38,9 @@ async def chat_completions(request: Request) -> Response:
         return await _stream(job, request, body, request_id, _chat_sse)
     text, done = await _collect(job, request)
     usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
-    return JSONResponse(schemas.chat_completion(request_id, body.model, text, done.finish_reason, usage))
+    return JSONResponse(
+        schemas.chat_completion(request_id, body.model, text, done.finish_reason, usage)
+    )
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
@@ -51,7 +55,9 @@ async def completions(request: Request) -> Response:
     if body.echo:
         text = body.prompt_text() + text
     usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
-    return JSONResponse(schemas.text_completion(request_id, body.model, text, done.finish_reason, usage))
+    return JSONResponse(
+        schemas.text_completion(request_id, body.model, text, done.finish_reason, usage)
+    )
 
 
 def _job(
@@ -85,7 +91,9 @@ def _check_model(model: ModelName, max_tokens: int | None, registry: MinerRegist
             param="model",
             code="model_not_found",
         )
-    largest_context = max(o.context_length for c in served[model] for o in c.info.models if o.name == model)
+    largest_context = max(
+        o.context_length for c in served[model] for o in c.info.models if o.name == model
+    )
     if max_tokens is not None and max_tokens >= largest_context:
         raise InvalidRequest(
             f"max_tokens is {max_tokens}, but the largest context window serving '{model}' is "
@@ -130,12 +138,20 @@ async def _stream(
         await events.aclose()
         raise
     created = int(time.time())
-    obj = "chat.completion.chunk" if isinstance(body, schemas.ChatCompletionRequest) else "text_completion"
+    obj = (
+        "chat.completion.chunk"
+        if isinstance(body, schemas.ChatCompletionRequest)
+        else "text_completion"
+    )
 
     async def sse() -> AsyncIterator[str]:
         async with aclosing(events):
             if isinstance(body, schemas.ChatCompletionRequest):
-                yield _sse(schemas.chat_chunk(request_id, body.model, created, {"role": "assistant", "content": ""}))
+                yield _sse(
+                    schemas.chat_chunk(
+                        request_id, body.model, created, {"role": "assistant", "content": ""}
+                    )
+                )
             event: TaskChunk | TaskDone = first
             try:
                 while True:
@@ -152,16 +168,22 @@ async def _stream(
                 yield _sse(schemas.usage_chunk(request_id, body.model, created, obj, usage))
             yield "data: [DONE]\n\n"
 
-    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
 
 
-def _chat_sse(event: TaskChunk | TaskDone, request_id: str, model: str, created: int) -> list[dict[str, Any]]:
+def _chat_sse(
+    event: TaskChunk | TaskDone, request_id: str, model: str, created: int
+) -> list[dict[str, Any]]:
     if isinstance(event, TaskChunk):
         return [schemas.chat_chunk(request_id, model, created, {"content": event.text})]
     return [schemas.chat_chunk(request_id, model, created, {}, event.finish_reason)]
 
 
-def _text_sse(event: TaskChunk | TaskDone, request_id: str, model: str, created: int) -> list[dict[str, Any]]:
+def _text_sse(
+    event: TaskChunk | TaskDone, request_id: str, model: str, created: int
+) -> list[dict[str, Any]]:
     if isinstance(event, TaskChunk):
         return [schemas.text_chunk(request_id, model, created, event.text)]
     return [schemas.text_chunk(request_id, model, created, "", event.finish_reason)]

@@ -21,7 +21,9 @@ async def list_models(request: Request) -> dict[str, Any]:
             "owned_by": "inferswarm",
             "miners": len(miners),
             "slots": sum(m.info.slots for m in miners),
-            "context_length": max(o.context_length for m in miners for o in m.info.models if o.name == name),
+            "context_length": max(
+                o.context_length for m in miners for o in m.info.models if o.name == name
+            ),
         }
         for name, miners in sorted(served.items())
     ]

@@ -1,0 +1,124 @@
+"""The CLI as a user runs it: help, status, and `up` bringing a network up and down."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from netutil import Network, free_port
+
+CLI = [sys.executable, "-m", "inferswarm"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_help_names_every_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("up", "router", "miner", "status"):
+        assert command in result.stdout
+
+
+def test_status_shows_miners_as_a_table_and_as_json(net: Network) -> None:
+    net.start_router()
+    net.start_miner("pi-board", "--fake-speed", "30", "--slots", "3")
+    net.wait_miners(1)
+    table = run_cli("status", "--router", net.base_url)
+    assert table.returncode == 0, table.stderr
+    assert "pi-board" in table.stdout and "fake-model" in table.stdout and "0/3" in table.stdout
+    raw = run_cli("status", "--router", net.base_url, "--json")
+    miner = json.loads(raw.stdout)["data"][0]
+    assert {"id", "name", "state", "models", "slots", "busy", "tokens_per_s"} <= miner.keys()
+    assert miner["slots"] == 3 and miner["state"] == "live"
+
+
+def test_status_explains_an_unreachable_router() -> None:
+    result = run_cli("status", "--router", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "Cannot reach the router" in result.stderr
+
+
+def test_miner_with_a_missing_model_file_says_so(tmp_path: Path) -> None:
+    result = run_cli("miner", "--model", str(tmp_path / "missing.gguf"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def start_up(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[str], int]:
+    port = free_port()
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*CLI, "up", "--port", str(port), "--data-dir", str(tmp_path / "data"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Press Ctrl-C" in line:
+            return proc, lines, port
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    raise AssertionError("up did not finish starting:\n" + "".join(lines))
+
+
+def stop_up(proc: subprocess.Popen[str], port: int) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        raise AssertionError("the router still answers after up stopped")
+    except httpx.ConnectError:
+        pass
+
+
+def api_key_from(lines: list[str]) -> str:
+    match = re.search(r"API key:\s+(isk-\S+)", "".join(lines))
+    assert match, "".join(lines)
+    return match.group(1)
+
+
+def test_up_starts_a_network_prints_how_to_use_it_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc, lines, port = start_up(tmp_path, "--engine", "fake", "--miners", "2")
+    try:
+        output = "".join(lines)
+        key = api_key_from(lines)
+        assert f"http://127.0.0.1:{port}/v1" in output
+        assert "curl" in output and "from openai import OpenAI" in output
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
+        ) as api:
+            reply = api.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+        assert reply.choices[0].message.content == " w0 w1"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+    finally:
+        stop_up(proc, port)

@@ -1,0 +1,122 @@
+"""The real thing: llama.cpp miners on the shipped SmolLM2-135M Q4_1 model,
+behind a real router, driven by the official openai client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from inferswarm.miner.models import default_model_path
+from netutil import Network, network
+from test_cli import api_key_from, start_up, stop_up
+
+pytestmark = pytest.mark.llama
+MODEL = "smollm2-135m-instruct:q4_1"
+
+
+@pytest.fixture(scope="module")
+def llama_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    with network(tmp_path_factory.mktemp("llama")) as net:
+        net.start_router()
+        net.start_miner("llama-1", "--threads", "1", "--ctx", "1024", engine="llamacpp")
+        net.start_miner("llama-2", "--threads", "1", "--ctx", "1024", engine="llamacpp")
+        net.wait_miners(2, timeout=120)
+        yield net
+
+
+@pytest.fixture
+def api(llama_net: Network) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=llama_net.base_url + "/v1", api_key="none", max_retries=0, timeout=120
+    ) as client:
+        yield client
+
+
+def tokens_of(text: str) -> int:
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
+    return len(vocab.tokenize(text.encode(), add_bos=True, special=False))
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_list_names_the_shipped_model(api: openai.OpenAI) -> None:
+    assert [m.id for m in api.models.list().data] == [MODEL]
+
+
+def test_chat_answers_for_real(api: openai.OpenAI) -> None:
+    reply = api.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=30, temperature=0
+    )
+    text = reply.choices[0].message.content or ""
+    assert "Paris" in text
+    assert reply.usage is not None
+    assert 0 < reply.usage.completion_tokens <= 30
+    assert reply.usage.prompt_tokens > 10  # the chat template wraps the question
+    if reply.choices[0].finish_reason == "length":
+        assert reply.usage.completion_tokens == 30
+
+
+def test_streaming_matches_non_streaming_on_every_miner(
+    api: openai.OpenAI, llama_net: Network
+) -> None:
+    """Greedy decoding is deterministic, so both miners and both modes agree."""
+    texts = set()
+    for _ in range(2):  # least-loaded alternates between the two idle miners
+        reply = api.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=20, temperature=0
+        )
+        texts.add(reply.choices[0].message.content)
+        stream = api.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=20, temperature=0, stream=True
+        )
+        texts.add("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    assert len(texts) == 1
+    done = [m["completed"] for m in llama_net.miners()]
+    assert all(isinstance(n, int) and n > 0 for n in done), done
+
+
+def test_completion_usage_and_length_are_honest(api: openai.OpenAI) -> None:
+    prompt = "Once upon a time, in a small village,"
+    reply = api.completions.create(model=MODEL, prompt=prompt, max_tokens=7, temperature=0)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 7
+    assert reply.usage.prompt_tokens == tokens_of(prompt)
+    assert reply.choices[0].text.strip()
+
+
+def test_stop_sequences_end_generation_without_the_stop(api: openai.OpenAI) -> None:
+    reply = api.completions.create(
+        model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=20, temperature=0, stop=[","]
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert "," not in reply.choices[0].text
+    assert reply.choices[0].text.strip() == "6"
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_400(api: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        api.completions.create(model=MODEL, prompt="hello " * 1200, max_tokens=10)
+    assert error.value.code == "context_length_exceeded"
+    assert "context window is 1024 tokens" in error.value.message
+
+
+def test_make_up_default_network_serves_a_real_chat(tmp_path: Path) -> None:
+    proc, lines, port = start_up(tmp_path, "--miners", "2")
+    try:
+        key = api_key_from(lines)
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
+        ) as client:
+            reply = client.chat.completions.create(
+                model=MODEL, messages=QUESTION, max_tokens=30, temperature=0
+            )
+        assert "Paris" in (reply.choices[0].message.content or "")
+    finally:
+        stop_up(proc, port)
