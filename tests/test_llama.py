@@ -42,7 +42,7 @@ def tokens_of(text: str) -> int:
     return len(vocab.tokenize(text.encode(), add_bos=True, special=False))
 
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What color is the sky on a clear day?"}]
 
 
 def test_models_list_names_the_shipped_model(api: openai.OpenAI) -> None:
@@ -54,7 +54,7 @@ def test_chat_answers_for_real(api: openai.OpenAI) -> None:
         model=MODEL, messages=QUESTION, max_tokens=30, temperature=0
     )
     text = reply.choices[0].message.content or ""
-    assert "Paris" in text
+    assert "blue" in text
     assert reply.usage is not None
     assert 0 < reply.usage.completion_tokens <= 30
     assert reply.usage.prompt_tokens > 10  # the chat template wraps the question
@@ -117,6 +117,6 @@ def test_make_up_default_network_serves_a_real_chat(tmp_path: Path) -> None:
             reply = client.chat.completions.create(
                 model=MODEL, messages=QUESTION, max_tokens=30, temperature=0
             )
-        assert "Paris" in (reply.choices[0].message.content or "")
+        assert "blue" in (reply.choices[0].message.content or "")
     finally:
         stop_up(proc, port)

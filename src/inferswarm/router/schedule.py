@@ -104,8 +104,10 @@ def choose_miner(task: TaskNeeds, snapshot: Snapshot, policy: Policy) -> Decisio
 
 
 def _least_loaded(task: TaskNeeds, candidates: Sequence[MinerView]) -> MinerView:
-    # Ties go to the faster miner, then to a stable order so decisions repeat.
-    return min(candidates, key=lambda m: (m.load, -(m.tokens_per_s or 0.0), m.miner_id))
+    # Equally loaded miners take turns, so idle miners share a trickle of work.
+    lowest = min(m.load for m in candidates)
+    tied = [m for m in candidates if m.load == lowest]
+    return _round_robin(task, tied)
 
 
 def _round_robin(task: TaskNeeds, candidates: Sequence[MinerView]) -> MinerView:
