@@ -35,7 +35,9 @@ def task(prompt: str, max_tokens: int | None, task_id: str = "t") -> TaskAssign:
 
 
 async def test_closing_the_stream_frees_the_only_slot(engine: LlamaCppEngine) -> None:
-    async with aclosing(engine.generate(task("The history of the Roman Empire begins", 400))) as events:
+    async with aclosing(
+        engine.generate(task("The history of the Roman Empire begins", 400))
+    ) as events:
         async for event in events:
             assert isinstance(event, TaskChunk)
             break

@@ -177,14 +177,14 @@ def test_load_is_spread_across_miners(net: Network) -> None:
 
 def test_a_miner_killed_before_its_first_token_fails_over(net: Network) -> None:
     net.start_router()
-    doomed = net.start_miner("doomed", "--fake-latency", "30", "--fake-speed", "1000")
+    doomed = net.start_miner("doomed", "--fake-latency", "30")
     net.wait_miners(1)
-    net.start_miner("healthy", "--fake-speed", "10")
-    net.wait_miners(2)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(reply=chat(net, max_tokens=3)))
     thread.start()
     wait_until(lambda: by_name(net)["doomed"]["busy"] == 1, what="the task to reach 'doomed'")
+    net.start_miner("healthy", "--fake-speed", "10")
+    net.wait_miners(2)
     doomed.stop(signal.SIGKILL)
     thread.join(30)
     assert result["reply"].choices[0].message.content == " w0 w1 w2"
@@ -193,14 +193,14 @@ def test_a_miner_killed_before_its_first_token_fails_over(net: Network) -> None:
 
 def test_a_silent_miner_is_dropped_and_its_task_moves(net: Network) -> None:
     net.start_router("--heartbeat-timeout", "2")
-    frozen = net.start_miner("frozen", "--fake-latency", "30", "--fake-speed", "1000")
+    frozen = net.start_miner("frozen", "--fake-latency", "30")
     net.wait_miners(1)
-    net.start_miner("healthy")
-    net.wait_miners(2)
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(reply=chat(net, max_tokens=2)))
     thread.start()
     wait_until(lambda: by_name(net)["frozen"]["busy"] == 1, what="the task to reach 'frozen'")
+    net.start_miner("healthy")
+    net.wait_miners(2)
     frozen.popen.send_signal(signal.SIGSTOP)  # alive but silent: no heartbeats, no close
     try:
         started = time.monotonic()

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
 
 from inferswarm import __version__
+from inferswarm.miner.coalesce import StreamItem, next_batch
 from inferswarm.miner.engines.base import Engine, TaskRejected
 from inferswarm.miner.hardware import usage_now
 from inferswarm.protocol import (
@@ -34,6 +35,7 @@ from inferswarm.protocol import (
     Registered,
     TaskAssign,
     TaskCancel,
+    TaskDone,
     TaskFailed,
     TaskId,
     encode,
@@ -182,9 +184,26 @@ class MinerAgent:
             await _send(ws, failure)
 
     async def _generate(self, ws: ClientConnection, task: TaskAssign) -> None:
-        async with aclosing(self._engine.generate(task)) as events:
-            async for event in events:
-                await ws.send(encode(event))
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+        producer = asyncio.create_task(self._produce(task, queue))
+        try:
+            while True:
+                for item in await next_batch(queue):
+                    if isinstance(item, BaseException):
+                        raise item
+                    await ws.send(encode(item))
+                    if isinstance(item, TaskDone):
+                        return
+        finally:
+            producer.cancel()
+
+    async def _produce(self, task: TaskAssign, queue: asyncio.Queue[StreamItem]) -> None:
+        try:
+            async with aclosing(self._engine.generate(task)) as events:
+                async for event in events:
+                    queue.put_nowait(event)
+        except Exception as exc:  # handed to the sender, which reports it
+            queue.put_nowait(exc)
 
     async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
         while True:
