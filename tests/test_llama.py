@@ -120,3 +120,21 @@ def test_make_up_default_network_serves_a_real_chat(tmp_path: Path) -> None:
         assert "blue" in (reply.choices[0].message.content or "")
     finally:
         stop_up(proc, port)
+
+
+def test_heartbeats_keep_flowing_during_generation(api: openai.OpenAI, llama_net: Network) -> None:
+    """Decoding runs off the event loop, so a busy miner is never mistaken for a dead one."""
+    stream = api.completions.create(
+        model=MODEL,
+        prompt="The history of the Roman Empire begins",
+        max_tokens=200,
+        temperature=0,
+        stream=True,
+    )
+    silences = []
+    for index, _ in enumerate(stream):
+        if index % 10 == 0:
+            busy = [m for m in llama_net.miners() if m["busy"]]
+            silences += [float(m["last_heartbeat_s"]) for m in busy]  # type: ignore[arg-type]
+    assert silences, "the generation finished before any sample was taken"
+    assert max(silences) < 1.5

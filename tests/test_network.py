@@ -315,3 +315,60 @@ def test_api_keys_are_enforced_when_configured(tmp_path: Any) -> None:
         assert "Authorization: Bearer" in anonymous.json()["error"]["message"]
         wrong = httpx.get(net.base_url + "/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+
+
+WEIRD_BODIES = [
+    b"null",
+    b"[]",
+    b'"a string"',
+    b"123",
+    b'{"model": null, "messages": null}',
+    b'{"model": "fake-model", "messages": [null]}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": {"a": 1}}]}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e309}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "n": 3}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes please"}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "top_p": 0}',
+    b'{"model": "", "messages": [{"role": "user", "content": "x"}]}',
+    b"\xff\xfe\x00garbage",
+    b'{"model": "fake-model", "prompt": []}',
+    b'{"model": "fake-model", "prompt": ["a", "b"]}',
+]
+
+
+def test_odd_input_is_a_4xx_in_openai_format_never_a_500(net: Network) -> None:
+    net.start_router()
+    net.start_miner("m1")
+    net.wait_miners(1)
+    for body in WEIRD_BODIES:
+        for path in ("/v1/chat/completions", "/v1/completions"):
+            response = httpx.post(net.base_url + path, content=body)
+            assert 400 <= response.status_code < 500, (path, body, response.text)
+            error = response.json()["error"]
+            assert error["message"] and error["type"] == "invalid_request_error"
+    assert chat(net, max_tokens=1).choices[0].message.content == " w0"
+
+
+def test_content_parts_and_max_completion_tokens_are_understood(net: Network) -> None:
+    net.start_router()
+    net.start_miner("m1")
+    net.wait_miners(1)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "max_completion_tokens": 2,
+    }
+    response = httpx.post(net.base_url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == " w0 w1"
+
+
+def test_the_openapi_document_describes_the_api(net: Network) -> None:
+    net.start_router()
+    paths = httpx.get(net.base_url + "/openapi.json").json()["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/miners"} <= paths.keys()
+    body = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert "messages" in body["schema"]["properties"]

@@ -66,6 +66,7 @@ class MinerConnection:
     last_seen: float
     state: MinerState = MinerState.LIVE
     heartbeat: Heartbeat | None = None
+    last_heartbeat_at: float | None = None
     tasks: dict[TaskId, TaskInFlight] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
@@ -155,6 +156,7 @@ class MinerRegistry:
         conn.last_seen = self._clock()
         if isinstance(message, Heartbeat):
             conn.heartbeat = message
+            conn.last_heartbeat_at = conn.last_seen
             return
         task = conn.tasks.get(message.task_id)
         if task is None:

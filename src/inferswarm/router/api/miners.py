@@ -43,5 +43,8 @@ def describe(conn: MinerConnection, now: float) -> dict[str, Any]:
         "generated_tokens": conn.generated_tokens,
         "connected_s": round(now - conn.connected_at, 1),
         "last_seen_s": round(now - conn.last_seen, 2),
+        "last_heartbeat_s": None
+        if conn.last_heartbeat_at is None
+        else round(now - conn.last_heartbeat_at, 2),
         "software_version": info.software_version,
     }
