@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "overhead.json")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    console = Console()
+    console = Console(width=max(120, Console().width))
     with tempfile.TemporaryDirectory() as workdir, network(Path(workdir)) as net:
         direct_port = free_port()
         net.start_router("--log-level", "warning")
