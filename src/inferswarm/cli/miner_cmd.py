@@ -20,6 +20,7 @@ from inferswarm.miner.agent import AgentSettings, MinerAgent, MinerRefused
 from inferswarm.miner.engines.base import Engine, TaskRejected
 from inferswarm.miner.hardware import probe_hardware
 from inferswarm.miner.identity import load_or_create_miner_id
+from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish_capability
 
 log = logging.getLogger("inferswarm.miner")
 
@@ -36,6 +37,8 @@ class EngineOptions:
     fake_failure_rate: float
     upstream: str | None
     upstream_key: str | None
+    fake_prompt_speed: float = 0.0
+    fake_claim_speed: float | None = None
 
 
 class EngineKind(StrEnum):
@@ -108,6 +111,27 @@ def miner(
             help="Keeps the miner's id across restarts.", envvar="INFERSWARM_MINER_DATA_DIR"
         ),
     ] = None,
+    rebenchmark: Annotated[
+        bool,
+        typer.Option("--rebenchmark", help="Measure speed again even if a cached result exists."),
+    ] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where benchmark results are cached (default: ~/.cache/inferswarm).",
+            envvar="INFERSWARM_CACHE_DIR",
+        ),
+    ] = None,
+    fake_claim_speed: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Fake engine reports this speed instead of its real one (tests a lying miner).",
+        ),
+    ] = None,
+    fake_prompt_speed: Annotated[
+        float, typer.Option(min=0, help="Fake engine prompt tokens/s (0: instant).")
+    ] = 0.0,
     http_port: Annotated[
         int | None,
         typer.Option(
@@ -131,10 +155,22 @@ def miner(
         fake_failure_rate,
         upstream,
         upstream_key,
+        fake_prompt_speed,
+        fake_claim_speed,
     )
+    cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
         asyncio.run(
-            _serve(router, engine, options, name or socket.gethostname(), data_dir, http_port)
+            _serve(
+                router,
+                engine,
+                options,
+                name or socket.gethostname(),
+                data_dir,
+                http_port,
+                cache,
+                rebenchmark,
+            )
         )
     except MinerRefused as exc:
         typer.echo(f"The router refused this miner: {exc}", err=True)
@@ -151,8 +187,13 @@ async def _serve(
     name: str,
     data_dir: Path | None,
     http_port: int | None,
+    cache: CapabilityCache,
+    rebenchmark: bool,
 ) -> None:
     engine = await _build_engine(kind, options)
+    engine.capability = await establish_capability(engine, cache, rebenchmark)
+    if engine.capability is not None:
+        log.info("capability: %s", engine.capability)
     agent = MinerAgent(
         AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name),
         engine,
@@ -206,6 +247,8 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
         config = FakeEngineConfig(
             model=o.model_name or FAKE_MODEL,
             tokens_per_s=o.fake_speed,
+            prompt_tokens_per_s=o.fake_prompt_speed,
+            claimed_tokens_per_s=o.fake_claim_speed,
             latency_s=o.fake_latency,
             failure_rate=o.fake_failure_rate,
             context_length=o.ctx,

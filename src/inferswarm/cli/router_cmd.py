@@ -27,8 +27,14 @@ def router(
         int, typer.Option(help="Port for the API and the miner gateway.", envvar="INFERSWARM_PORT")
     ] = 8000,
     policy: Annotated[
-        Policy, typer.Option(help="How tasks are allocated to miners.", envvar="INFERSWARM_POLICY")
-    ] = Policy.LEAST_LOADED,
+        Policy,
+        typer.Option(
+            help="How tasks are allocated: capacity_aware (fastest expected finish), "
+            "cache_aware (also warm prompt caches), session_affinity, or the baselines "
+            "least_loaded, power_of_two, round_robin.",
+            envvar="INFERSWARM_POLICY",
+        ),
+    ] = Policy.CAPACITY_AWARE,
     data_dir: Annotated[
         Path, typer.Option(help="Where the router keeps its state.", envvar="INFERSWARM_DATA_DIR")
     ] = Path("data/router"),
@@ -40,6 +46,21 @@ def router(
             envvar="INFERSWARM_API_KEYS",
         ),
     ] = None,
+    admin_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--admin-key",
+            help="An admin key (repeatable): a client key that may also override the policy per request.",
+            envvar="INFERSWARM_ADMIN_KEYS",
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int,
+        typer.Option(min=0, help="Requests that may wait when every miner is busy; beyond: 429."),
+    ] = 256,
+    queue_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request may wait for a free miner; then 429.")
+    ] = 60.0,
     heartbeat_timeout: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a miner is dropped.")
     ] = 5.0,
@@ -59,13 +80,16 @@ def router(
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
     data_dir.mkdir(parents=True, exist_ok=True)
-    keys = frozenset(k.strip() for key in api_key or [] for k in key.split(",") if k.strip())
+    keys = _split_keys(api_key)
     settings = RouterSettings(
         host=host,
         port=port,
         policy=policy,
         data_dir=data_dir,
         api_keys=keys,
+        admin_keys=_split_keys(admin_key),
+        max_queue=max_queue,
+        queue_timeout_s=queue_timeout,
         heartbeat_timeout_s=heartbeat_timeout,
         limits=DispatchLimits(
             max_attempts=max_attempts,
@@ -82,3 +106,8 @@ def router(
         ws_ping_interval=10,
         ws_ping_timeout=20,
     )
+
+
+def _split_keys(values: list[str] | None) -> frozenset[str]:
+    """Keys from repeated flags or a comma-separated environment variable."""
+    return frozenset(k.strip() for value in values or [] for k in value.split(",") if k.strip())

@@ -17,6 +17,7 @@ def probe_hardware() -> HardwareProfile:
         cpu_model=_cpu_model(),
         cpu_cores=psutil.cpu_count(logical=True) or 1,
         ram_bytes=psutil.virtual_memory().total,
+        available_ram_bytes=psutil.virtual_memory().available,
         gpus=tuple(_nvidia_gpus()),
         platform=f"{platform.system()} {platform.machine()}",
     )

@@ -49,6 +49,18 @@ class NotFound(APIError):
     error_type = "invalid_request_error"
 
 
+class PermissionDenied(APIError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class RateLimited(APIError):
+    """Too much work now; ``Retry-After`` says when to come back."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
 class PayloadTooLarge(APIError):
     status_code = 413
     error_type = "invalid_request_error"

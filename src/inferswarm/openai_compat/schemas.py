@@ -19,6 +19,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class InferswarmOptions(BaseModel):
+    """Extensions under the ``inferswarm`` key (``extra_body`` in the openai client)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str | None = None
+    session: str | None = Field(default=None, max_length=256)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -33,7 +42,13 @@ class _Request(BaseModel):
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=256)
+    inferswarm: InferswarmOptions | None = None
+
+    def session_key(self) -> str | None:
+        if self.inferswarm and self.inferswarm.session:
+            return self.inferswarm.session
+        return self.user
 
     @field_validator("stop")
     @classmethod

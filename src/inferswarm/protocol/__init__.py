@@ -3,6 +3,7 @@
 from inferswarm.protocol.ids import MinerId, ModelName, TaskId
 from inferswarm.protocol.messages import (
     PROTOCOL_VERSION,
+    Capability,
     ChatMessage,
     FailureCode,
     FinishReason,
@@ -28,6 +29,7 @@ from inferswarm.protocol.messages import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Capability",
     "ChatMessage",
     "FailureCode",
     "FinishReason",

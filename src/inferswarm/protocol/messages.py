@@ -42,6 +42,7 @@ class HardwareProfile(_Message):
     cpu_model: str
     cpu_cores: int = Field(ge=1)
     ram_bytes: int = Field(ge=0)
+    available_ram_bytes: int = Field(default=0, ge=0)
     gpus: tuple[GpuInfo, ...] = ()
     platform: str = ""
 
@@ -56,6 +57,20 @@ class HardwareProfile(_Message):
         return text
 
 
+class Capability(_Message):
+    """What a miner measured itself doing with one model, at start-up.
+
+    ``generation_tokens_per_s`` is one sequence alone; ``batched_*`` is the
+    aggregate over ``batched_sequences`` concurrent sequences (its slot count).
+    """
+
+    prompt_tokens_per_s: float = Field(gt=0)
+    generation_tokens_per_s: float = Field(gt=0)
+    batched_sequences: int = Field(default=1, ge=1)
+    batched_generation_tokens_per_s: float = Field(gt=0)
+    source: Literal["benchmark", "configured"] = "benchmark"
+
+
 class ModelOffer(_Message):
     """One model a miner serves."""
 
@@ -64,6 +79,7 @@ class ModelOffer(_Message):
     file_hash: str = ""
     quantization: str = ""
     has_chat_template: bool = True
+    capability: Capability | None = None
 
 
 class Register(_Message):

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, WebSocket
 
 from inferswarm import __version__
+from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import completions, miners, models
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
@@ -55,7 +56,8 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.dispatcher = Dispatcher(registry, settings.policy, settings.limits)
+    app.state.queue = WaitQueue(settings.max_queue, settings.queue_timeout_s)
+    app.state.dispatcher = Dispatcher(registry, settings.policy, settings.limits, app.state.queue)
     app.state.clock = deps.clock
     app.state.started_at = time.time()
     install_error_handlers(app)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -35,8 +36,21 @@ from inferswarm.protocol import (
     TaskId,
 )
 from inferswarm.protocol.messages import ChatMessage
+from inferswarm.router.admission import WaitQueue
+from inferswarm.router.affinity import (
+    BLOCK_CHARS,
+    CHARS_PER_TOKEN_UPPER,
+    min_prompt_tokens,
+    prefix_blocks,
+)
 from inferswarm.router.registry import MinerLost, MinerRegistry, TaskEvent
-from inferswarm.router.schedule import Policy, TaskNeeds, choose_miner
+from inferswarm.router.schedule import (
+    DEFAULT_EXPECTED_OUTPUT_TOKENS,
+    Decision,
+    Policy,
+    TaskNeeds,
+    choose_miner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +64,25 @@ class DispatchLimits:
 
 @dataclass(frozen=True)
 class Job:
-    """One generation the API asked for, before it is bound to a miner."""
+    """One generation the API asked for, before it is bound to a miner.
+
+    ``tenant`` is who the work is for (fair queueing), ``session`` the
+    client's session key (affinity), ``policy`` an admin's override.
+    """
 
     model: ModelName
     sampling: SamplingParams
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    tenant: str = "anonymous"
+    session: str | None = None
+    policy: Policy | None = None
+
+    def prompt_text(self) -> str:
+        """The prompt as the model will roughly see it, for estimates and prefix hashing."""
+        if self.prompt is not None:
+            return self.prompt
+        return "".join(f"<{m.role}>\n{m.content}\n" for m in self.messages or ())
 
     def assign(self, task_id: TaskId) -> TaskAssign:
         return TaskAssign(
@@ -75,21 +102,45 @@ class _Retry(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """What the scheduler needs to know about a job, computed once per job."""
+
+    prompt_tokens: int
+    prefix: tuple[int, ...]
+
+
 class Dispatcher:
-    def __init__(self, registry: MinerRegistry, policy: Policy, limits: DispatchLimits) -> None:
+    def __init__(
+        self,
+        registry: MinerRegistry,
+        policy: Policy,
+        limits: DispatchLimits,
+        queue: WaitQueue,
+        seeds: random.Random | None = None,
+    ) -> None:
         self._registry = registry
         self._policy = policy
         self._limits = limits
+        self._queue = queue
+        self._seeds = seeds or random.Random()
         self._sequence = itertools.count()
+        registry.on_capacity(queue.wake)
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
 
     async def run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         tried: set[MinerId] = set()
         failures: list[str] = []
+        text = job.prompt_text()
+        placement = _Placement(min_prompt_tokens(text), prefix_blocks(text))
         for _ in range(self._limits.max_attempts):
-            miner_id = self._choose(job, tried, failures)
+            miner_id = await self._choose(job, placement, tried, failures)
             tried.add(miner_id)
             try:
-                async with aclosing(self._attempt(job, miner_id)) as events:
+                async with aclosing(self._attempt(job, placement, miner_id)) as events:
                     async for event in events:
                         yield event
                 return
@@ -102,16 +153,19 @@ class Dispatcher:
             code="miners_failed",
         )
 
-    def _choose(self, job: Job, tried: set[MinerId], failures: list[str]) -> MinerId:
-        needs = TaskNeeds(
-            model=job.model,
-            max_tokens=job.sampling.max_tokens,
-            exclude=frozenset(tried),
-            sequence=next(self._sequence),
-        )
-        decision = choose_miner(needs, self._registry.snapshot(), self._policy)
-        if decision.miner_id is not None:
-            return decision.miner_id
+    async def _choose(
+        self, job: Job, placement: _Placement, tried: set[MinerId], failures: list[str]
+    ) -> MinerId:
+        # Arrivals queue behind tasks already waiting, so nobody jumps the line.
+        if self._queue.has_waiters():
+            await self._queue.wait(job.tenant)
+        while True:
+            decision = self._decide(job, placement, tried)
+            if decision.miner_id is not None:
+                return decision.miner_id
+            if not decision.saturated:
+                break
+            await self._queue.wait(job.tenant, front=True)
         if failures:
             raise UpstreamFailed(
                 f"the request failed on {len(tried)} miners: {'; '.join(failures)}; "
@@ -124,11 +178,30 @@ class Dispatcher:
             headers={"Retry-After": "1"},
         )
 
+    def _decide(self, job: Job, placement: _Placement, tried: set[MinerId]) -> Decision:
+        needs = TaskNeeds(
+            model=job.model,
+            prompt_tokens=placement.prompt_tokens,
+            max_tokens=job.sampling.max_tokens,
+            exclude=frozenset(tried),
+            sequence=next(self._sequence),
+            seed=self._seeds.getrandbits(64),
+            prefix_blocks=placement.prefix,
+            block_tokens=BLOCK_CHARS // CHARS_PER_TOKEN_UPPER,
+            session=job.session,
+        )
+        decision = choose_miner(needs, self._registry.snapshot(), job.policy or self._policy)
+        log.debug("task for %s: %s", job.model, decision.reason)
+        return decision
+
     async def _attempt(
-        self, job: Job, miner_id: MinerId
+        self, job: Job, placement: _Placement, miner_id: MinerId
     ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         task = job.assign(TaskId(f"task-{uuid.uuid4().hex}"))
-        queue = await self._registry.start_task(miner_id, task)
+        expected = job.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
+        queue = await self._registry.start_task(
+            miner_id, task, expected_tokens=expected, prefix=placement.prefix, session=job.session
+        )
         produced = False
         finished = False
         try:

@@ -25,7 +25,9 @@ from inferswarm.protocol import (
     TaskId,
     encode,
 )
-from inferswarm.router.schedule import MinerState, MinerView, Snapshot
+from inferswarm.router.affinity import PrefixIndex, SessionMap
+from inferswarm.router.capacity import SpeedTracker, claimed_speed
+from inferswarm.router.schedule import MinerState, MinerView, Snapshot, tier_for
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,22 @@ class MinerLost:
 
 TaskEvent = TaskChunk | TaskDone | TaskFailed | MinerLost
 
-SPEED_SMOOTHING = 0.3
-"""Weight of the newest observation in a miner's generation-speed EWMA."""
+CapacityListener = Callable[[int], None]
+"""Told how many slots just became free (a task ended, a miner joined)."""
 
 
 @dataclass(eq=False)
 class TaskInFlight:
     events: asyncio.Queue[TaskEvent]
     started_at: float
+    expected_tokens: int
+    concurrency: int
     first_token_at: float | None = None
     tokens: int = 0
+
+    @property
+    def remaining_tokens(self) -> int:
+        return max(0, self.expected_tokens - self.tokens)
 
 
 @dataclass(eq=False)
@@ -71,23 +79,32 @@ class MinerConnection:
     completed: int = 0
     failed: int = 0
     generated_tokens: int = 0
-    observed_tokens_per_s: float | None = None
+    speed: SpeedTracker = field(init=False)
+
+    def __post_init__(self) -> None:
+        capability = next((m.capability for m in self.info.models if m.capability), None)
+        claimed = claimed_speed(capability, self.info.claimed_tokens_per_s)
+        self.speed = SpeedTracker(claimed=claimed, slots=self.info.slots)
 
     @property
     def tokens_per_s(self) -> float | None:
-        """Observed generation speed wins over the miner's own claim."""
-        if self.observed_tokens_per_s is not None:
-            return self.observed_tokens_per_s
-        return self.info.claimed_tokens_per_s
+        """Aggregate generation speed with all slots busy; observed wins over claimed."""
+        return self.speed.aggregate_tokens_per_s()
 
-    def observe_speed(self, task: TaskInFlight, now: float) -> None:
-        if task.first_token_at is None or task.tokens < 2 or now <= task.first_token_at:
+    @property
+    def tier(self) -> int:
+        return tier_for(self.tokens_per_s)
+
+    def observe(self, task: TaskInFlight, done: TaskDone, now: float) -> None:
+        if task.first_token_at is None:
             return
-        speed = (task.tokens - 1) / (now - task.first_token_at)
-        if self.observed_tokens_per_s is None:
-            self.observed_tokens_per_s = speed
-        else:
-            self.observed_tokens_per_s += SPEED_SMOOTHING * (speed - self.observed_tokens_per_s)
+        self.speed.observe(
+            tokens=done.completion_tokens,
+            generation_s=now - task.first_token_at,
+            concurrency=task.concurrency,
+            prompt_tokens=done.prompt_tokens,
+            ttft_s=task.first_token_at - task.started_at,
+        )
 
     @property
     def miner_id(self) -> MinerId:
@@ -100,7 +117,8 @@ class MinerConnection:
             context_lengths={m.name: m.context_length for m in self.info.models},
             slots=self.info.slots,
             busy=len(self.tasks),
-            tokens_per_s=self.tokens_per_s,
+            speed=self.speed.effective(),
+            queued_tokens=sum(t.remaining_tokens for t in self.tasks.values()),
         )
 
 
@@ -110,9 +128,20 @@ class MinerRegistry:
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._miners: dict[MinerId, MinerConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._capacity_listeners: list[CapacityListener] = []
+        self.prefixes = PrefixIndex()
+        self.sessions = SessionMap()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(tuple(conn.view() for conn in self._miners.values()))
+        views = [conn.view() for conn in self._miners.values()]
+        return Snapshot.of(views, self.prefixes.view(), self.sessions.view())
+
+    def on_capacity(self, listener: CapacityListener) -> None:
+        self._capacity_listeners.append(listener)
+
+    def _freed(self, slots: int) -> None:
+        for listener in self._capacity_listeners:
+            listener(slots)
 
     def connections(self) -> list[MinerConnection]:
         return list(self._miners.values())
@@ -138,12 +167,14 @@ class MinerRegistry:
         conn = MinerConnection(info=info, send=send, close=close, connected_at=now, last_seen=now)
         self._miners[info.miner_id] = conn
         log.info("miner %s (%s) joined with %d slots", info.miner_id, info.name, info.slots)
+        self._freed(info.slots)
         return conn
 
     async def remove(self, conn: MinerConnection, reason: str) -> None:
         """Forget a miner and fail its in-flight tasks so they can move elsewhere."""
         if self._miners.get(conn.miner_id) is conn:
             del self._miners[conn.miner_id]
+            self.prefixes.forget(conn.miner_id)
             log.info("miner %s left: %s", conn.miner_id, reason)
         lost = MinerLost(f"miner {conn.info.name} ({conn.miner_id}) was lost: {reason}")
         for task in conn.tasks.values():
@@ -170,15 +201,32 @@ class MinerRegistry:
             del conn.tasks[message.task_id]
             if isinstance(message, TaskDone):
                 conn.completed += 1
-                conn.observe_speed(task, conn.last_seen)
+                conn.observe(task, message, conn.last_seen)
             else:
                 conn.failed += 1
+            self._freed(1)
         task.events.put_nowait(message)
 
-    async def start_task(self, miner_id: MinerId, task: TaskAssign) -> asyncio.Queue[TaskEvent]:
+    async def start_task(
+        self,
+        miner_id: MinerId,
+        task: TaskAssign,
+        *,
+        expected_tokens: int,
+        prefix: tuple[int, ...] = (),
+        session: str | None = None,
+    ) -> asyncio.Queue[TaskEvent]:
         conn = self._miners[miner_id]
         queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
-        conn.tasks[task.task_id] = TaskInFlight(events=queue, started_at=self._clock())
+        conn.tasks[task.task_id] = TaskInFlight(
+            events=queue,
+            started_at=self._clock(),
+            expected_tokens=expected_tokens,
+            concurrency=len(conn.tasks) + 1,
+        )
+        self.prefixes.record(miner_id, prefix)
+        if session:
+            self.sessions.record(session, miner_id)
         try:
             await conn.send(encode(task))
         except Exception as exc:  # the socket died under us: report it as a lost miner
@@ -196,6 +244,7 @@ class MinerRegistry:
         conn = self._miners.get(miner_id)
         if conn is None or conn.tasks.pop(task_id, None) is None:
             return
+        self._freed(1)
         notice = asyncio.get_running_loop().create_task(
             _send_quietly(conn, encode(TaskCancel(task_id=task_id)))
         )

@@ -13,9 +13,12 @@ from inferswarm.router.schedule import Policy
 class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    policy: Policy = Policy.LEAST_LOADED
+    policy: Policy = Policy.CAPACITY_AWARE
     data_dir: Path = Path("data/router")
     api_keys: frozenset[str] = frozenset()
+    admin_keys: frozenset[str] = frozenset()
+    max_queue: int = 256
+    queue_timeout_s: float = 60.0
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
     register_timeout_s: float = 10.0
@@ -24,4 +27,4 @@ class RouterSettings:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        return bool(self.api_keys or self.admin_keys)

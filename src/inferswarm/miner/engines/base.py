@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from inferswarm.protocol import FailureCode, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.protocol import Capability, FailureCode, ModelOffer, TaskAssign, TaskChunk, TaskDone
 
 
 class TaskRejected(Exception):
@@ -21,6 +21,8 @@ class TaskRejected(Exception):
 class Engine(Protocol):
     name: str
     slots: int
+    capability: Capability | None
+    """Set once measured; reported with every offer."""
 
     def offers(self) -> tuple[ModelOffer, ...]:
         """The models this engine serves."""
@@ -33,6 +35,14 @@ class Engine(Protocol):
     def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         """Stream the task's text chunks, then one ``TaskDone``; raise ``TaskRejected``
         when it cannot. Closing the iterator stops generation and frees the slot."""
+        ...
+
+    def benchmark_identity(self) -> dict[str, object] | None:
+        """What a benchmark result depends on, or None when it needs no cache."""
+        ...
+
+    async def benchmark(self) -> Capability | None:
+        """Measure prompt and generation speed; None when it cannot be measured."""
         ...
 
     async def close(self) -> None: ...

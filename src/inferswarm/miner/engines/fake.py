@@ -12,15 +12,20 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from inferswarm.miner.engines.base import TaskRejected
-from inferswarm.protocol import ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.protocol import Capability, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
 
 FAKE_MODEL = "fake-model"
+UNLIMITED_TOKENS_PER_S = 1e6
+"""Reported for a fake configured with no delay."""
 
 
 @dataclass
 class FakeEngineConfig:
     model: str = FAKE_MODEL
-    tokens_per_s: float = 0.0  # 0 = as fast as possible
+    tokens_per_s: float = 0.0  # per sequence; 0 = as fast as possible
+    prompt_tokens_per_s: float = 0.0  # 0 = prompts cost nothing
+    claimed_tokens_per_s: float | None = None
+    """Report this generation speed instead of the true one: a lying miner."""
     latency_s: float = 0.0
     failure_rate: float = 0.0
     natural_length: int = 24
@@ -36,6 +41,7 @@ class FakeEngine:
         self.config = config
         self.slots = config.slots
         self._random = random.Random(config.seed)
+        self.capability: Capability | None = None
 
     def offers(self) -> tuple[ModelOffer, ...]:
         return (
@@ -43,6 +49,7 @@ class FakeEngine:
                 name=ModelName(self.config.model),
                 context_length=self.config.context_length,
                 quantization="fake",
+                capability=self.capability,
             ),
         )
 
@@ -61,8 +68,11 @@ class FakeEngine:
             )
         if self._random.random() < self.config.failure_rate:
             raise TaskRejected("engine_error", "the fake engine failed on purpose", retryable=True)
-        if self.config.latency_s:
-            await asyncio.sleep(self.config.latency_s)
+        delay_first = self.config.latency_s
+        if self.config.prompt_tokens_per_s:
+            delay_first += prompt_tokens / self.config.prompt_tokens_per_s
+        if delay_first:
+            await asyncio.sleep(delay_first)
         produced = min(limit, self.config.natural_length)
         delay = 1 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
         for index in range(produced):
@@ -75,6 +85,22 @@ class FakeEngine:
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=produced,
+        )
+
+    def benchmark_identity(self) -> dict[str, object] | None:
+        return None
+
+    async def benchmark(self) -> Capability | None:
+        """The fake is as fast as it is configured to be."""
+        generation = (
+            self.config.claimed_tokens_per_s or self.config.tokens_per_s or UNLIMITED_TOKENS_PER_S
+        )
+        return Capability(
+            prompt_tokens_per_s=self.config.prompt_tokens_per_s or UNLIMITED_TOKENS_PER_S,
+            generation_tokens_per_s=generation,
+            batched_sequences=self.slots,
+            batched_generation_tokens_per_s=generation * self.slots,
+            source="configured",
         )
 
     async def close(self) -> None:

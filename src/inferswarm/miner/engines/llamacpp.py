@@ -11,15 +11,27 @@ import asyncio
 import os
 import random
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inferswarm import __version__
 from inferswarm.miner.engines.base import TaskRejected
 from inferswarm.miner.engines.text import StopSequenceFilter
+from inferswarm.miner.hardware import probe_hardware
 from inferswarm.miner.models import file_sha256, model_name_for, quantization_of
-from inferswarm.protocol import FinishReason, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.protocol import (
+    Capability,
+    FinishReason,
+    ModelName,
+    ModelOffer,
+    TaskAssign,
+    TaskChunk,
+    TaskDone,
+)
 
 TOP_K = 40
 """llama.cpp's default; OpenAI's API has no top_k, and sampling a small model
@@ -72,6 +84,8 @@ class LlamaCppEngine:
             self._contexts.put_nowait(llm)
         assert first is not None
         self._chat = _chat_formatter(first)
+        self._threads = threads
+        self.capability: Capability | None = None
         self._model_name = ModelName(config.model_name or model_name_for(config.model_path))
         self._hash = file_sha256(config.model_path)
 
@@ -83,11 +97,34 @@ class LlamaCppEngine:
                 file_hash=self._hash,
                 quantization=quantization_of(self.config.model_path),
                 has_chat_template=self._chat is not None,
+                capability=self.capability,
             ),
         )
 
     def claimed_tokens_per_s(self) -> float | None:
-        return None  # measured by the router from real tasks
+        return self.capability.generation_tokens_per_s if self.capability else None
+
+    def benchmark_identity(self) -> dict[str, object] | None:
+        import llama_cpp
+
+        return {
+            "model_sha256": self._hash,
+            "engine": f"llama-cpp-python {llama_cpp.__version__}",
+            "inferswarm": __version__,
+            "device": probe_hardware().summary(),
+            "threads": self._threads,
+            "slots": self.slots,
+            "context": self.config.context_length,
+            "batch": self.config.batch_size,
+        }
+
+    async def benchmark(self) -> Capability | None:
+        contexts = [await self._contexts.get() for _ in range(self.slots)]
+        try:
+            return await asyncio.to_thread(_benchmark_blocking, contexts)
+        finally:
+            for llm in contexts:
+                self._contexts.put_nowait(llm)
 
     async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         if task.model != self._model_name:
@@ -168,6 +205,49 @@ class LlamaCppEngine:
     async def close(self) -> None:
         while not self._contexts.empty():
             self._contexts.get_nowait().close()
+
+
+BENCH_PROMPT_TOKENS = 128
+BENCH_GENERATED_TOKENS = 32
+
+
+def _benchmark_blocking(contexts: list[Any]) -> Capability:
+    first = contexts[0]
+    text = "The quick brown fox jumps over the lazy dog while the band plays on. " * 30
+    tokens = first.tokenize(text.encode(), add_bos=True)[:BENCH_PROMPT_TOKENS]
+    first.reset()
+    first.eval(tokens[:8])  # warm-up: the first decode allocates compute buffers
+    first.reset()
+    started = time.perf_counter()
+    first.eval(tokens)
+    prompt_speed = len(tokens) / (time.perf_counter() - started)
+    alone = _generation_speed(first, tokens[:16])
+    batched = alone
+    if len(contexts) > 1:
+        with ThreadPoolExecutor(len(contexts)) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda llm: _generation_speed(llm, tokens[:16]), contexts))
+            batched = len(contexts) * BENCH_GENERATED_TOKENS / (time.perf_counter() - started)
+    for llm in contexts:
+        llm.reset()
+    return Capability(
+        prompt_tokens_per_s=round(prompt_speed, 1),
+        generation_tokens_per_s=round(alone, 1),
+        batched_sequences=len(contexts),
+        batched_generation_tokens_per_s=round(batched, 1),
+    )
+
+
+def _generation_speed(llm: Any, prompt: list[int]) -> float:
+    """Tokens per second after the first token (the first one pays for the prompt)."""
+    llm.reset()
+    started = 0.0
+    for count, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1), start=1):
+        if count == 1:
+            started = time.perf_counter()
+        if count == BENCH_GENERATED_TOKENS + 1:
+            break
+    return BENCH_GENERATED_TOKENS / (time.perf_counter() - started)
 
 
 def _chat_formatter(llm: Any) -> Any:

@@ -10,7 +10,15 @@ from typing import Any
 import httpx
 
 from inferswarm.miner.engines.base import TaskRejected
-from inferswarm.protocol import FinishReason, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.protocol import (
+    Capability,
+    FinishReason,
+    ModelName,
+    ModelOffer,
+    TaskAssign,
+    TaskChunk,
+    TaskDone,
+)
 
 
 class UpstreamEngine:
@@ -27,6 +35,7 @@ class UpstreamEngine:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.slots = slots
+        self.capability: Capability | None = None
         self._models = models
         self._context_length = context_length
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -94,6 +103,12 @@ class UpstreamEngine:
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", produced),
         )
+
+    def benchmark_identity(self) -> dict[str, object] | None:
+        return None
+
+    async def benchmark(self) -> Capability | None:
+        return None  # the upstream is shared and opaque: the router measures it in use
 
     async def close(self) -> None:
         await self._client.aclose()

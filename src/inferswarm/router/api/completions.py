@@ -14,11 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from inferswarm.openai_compat import schemas
-from inferswarm.openai_compat.errors import APIError, InvalidRequest, NotFound
+from inferswarm.openai_compat.errors import APIError, InvalidRequest, NotFound, PermissionDenied
 from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChunk, TaskDone
 from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.registry import MinerRegistry
+from inferswarm.router.schedule import Policy
 
 router = APIRouter()
 
@@ -79,7 +80,38 @@ def _job(
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
     )
-    return Job(model=model, sampling=sampling, prompt=prompt, messages=messages)
+    return Job(
+        model=model,
+        sampling=sampling,
+        prompt=prompt,
+        messages=messages,
+        tenant=request.state.tenant,
+        session=body.session_key(),
+        policy=_policy_override(body, request),
+    )
+
+
+def _policy_override(
+    body: schemas.ChatCompletionRequest | schemas.CompletionRequest, request: Request
+) -> Policy | None:
+    name = body.inferswarm.policy if body.inferswarm else None
+    if name is None:
+        return None
+    if not request.state.is_admin:
+        raise PermissionDenied(
+            "Only admin keys may choose the scheduling policy per request; drop inferswarm.policy.",
+            param="inferswarm.policy",
+            code="admin_only",
+        )
+    try:
+        return Policy(name)
+    except ValueError:
+        valid = ", ".join(p.value for p in Policy)
+        raise InvalidRequest(
+            f"Unknown policy {name!r}; choose one of: {valid}.",
+            param="inferswarm.policy",
+            code="invalid_request",
+        ) from None
 
 
 def _check_model(model: ModelName, max_tokens: int | None, registry: MinerRegistry) -> None:

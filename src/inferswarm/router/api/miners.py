@@ -33,7 +33,11 @@ def describe(conn: MinerConnection, now: float) -> dict[str, Any]:
         "queued": heartbeat.queued_tasks if heartbeat else 0,
         "tokens_per_s": conn.tokens_per_s,
         "claimed_tokens_per_s": info.claimed_tokens_per_s,
-        "observed_tokens_per_s": conn.observed_tokens_per_s,
+        "tier": conn.tier,
+        "observed_tokens_per_s": conn.speed.observed_generation,
+        "observed_ttft_s": conn.speed.observed_ttft_s,
+        "capability": next((o.capability.model_dump() for o in info.models if o.capability), None),
+        "effective_speed": _speed(conn),
         "hardware": info.hardware.model_dump(),
         "hardware_summary": info.hardware.summary(),
         "cpu_percent": heartbeat.cpu_percent if heartbeat else None,
@@ -47,4 +51,15 @@ def describe(conn: MinerConnection, now: float) -> dict[str, Any]:
         if conn.last_heartbeat_at is None
         else round(now - conn.last_heartbeat_at, 2),
         "software_version": info.software_version,
+    }
+
+
+def _speed(conn: MinerConnection) -> dict[str, Any] | None:
+    speed = conn.speed.effective()
+    if speed is None:
+        return None
+    return {
+        "prompt_tokens_per_s": round(speed.prompt, 1),
+        "generation_tokens_per_s": round(speed.generation, 1),
+        "aggregate_tokens_per_s": round(speed.aggregate(conn.info.slots), 1),
     }

@@ -1,0 +1,113 @@
+"""Bounded memories of where work went: prompt prefixes (for cache-aware
+routing) and sessions (for session affinity). Both evict the least recently
+used entries, so memory stays bounded whatever the traffic."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from inferswarm.protocol import MinerId
+
+BLOCK_CHARS = 256
+"""Characters per prefix block; about 64 tokens of English."""
+CHARS_PER_TOKEN_UPPER = 6
+"""No common tokenizer averages more characters per token than this, so
+len(text) // 6 never overestimates a prompt's tokens."""
+MAX_BLOCKS_PER_PROMPT = 64
+
+
+def prefix_blocks(text: str) -> tuple[int, ...]:
+    """Chained hashes of the prompt's whole leading blocks: block i's hash
+    covers blocks 0..i, so equal hashes mean equal prefixes."""
+    blocks = []
+    digest = hashlib.blake2b(digest_size=8)
+    for start in range(0, min(len(text), BLOCK_CHARS * MAX_BLOCKS_PER_PROMPT), BLOCK_CHARS):
+        block = text[start : start + BLOCK_CHARS]
+        if len(block) < BLOCK_CHARS:
+            break
+        digest.update(block.encode())
+        blocks.append(int.from_bytes(digest.copy().digest(), "big"))
+    return tuple(blocks)
+
+
+def min_prompt_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN_UPPER
+
+
+class PrefixIndex:
+    """Which miners recently processed which prefix blocks.
+
+    Each miner remembers its last ``prompts_per_miner`` prompts, about what
+    its KV caches can still hold.
+    """
+
+    def __init__(self, prompts_per_miner: int = 8) -> None:
+        self._prompts_per_miner = prompts_per_miner
+        self._recent: dict[MinerId, OrderedDict[tuple[int, ...], None]] = {}
+        self._holders: dict[int, set[MinerId]] = {}
+        self._view: dict[int, frozenset[MinerId]] = {}
+
+    def record(self, miner_id: MinerId, blocks: tuple[int, ...]) -> None:
+        if not blocks:
+            return
+        recent = self._recent.setdefault(miner_id, OrderedDict())
+        recent[blocks] = None
+        recent.move_to_end(blocks)
+        for block in blocks:
+            self._add(block, miner_id)
+        while len(recent) > self._prompts_per_miner:
+            old, _ = recent.popitem(last=False)
+            self._release(miner_id, old, recent)
+
+    def forget(self, miner_id: MinerId) -> None:
+        for blocks in self._recent.pop(miner_id, OrderedDict()):
+            for block in blocks:
+                self._discard(block, miner_id)
+
+    def view(self) -> dict[int, frozenset[MinerId]]:
+        return self._view
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def _release(
+        self, miner_id: MinerId, old: tuple[int, ...], kept: OrderedDict[tuple[int, ...], None]
+    ) -> None:
+        still_held = {block for blocks in kept for block in blocks}
+        for block in old:
+            if block not in still_held:
+                self._discard(block, miner_id)
+
+    def _add(self, block: int, miner_id: MinerId) -> None:
+        holders = self._holders.setdefault(block, set())
+        holders.add(miner_id)
+        self._view[block] = frozenset(holders)
+
+    def _discard(self, block: int, miner_id: MinerId) -> None:
+        holders = self._holders.get(block)
+        if holders is None:
+            return
+        holders.discard(miner_id)
+        if holders:
+            self._view[block] = frozenset(holders)
+        else:
+            del self._holders[block]
+            del self._view[block]
+
+
+class SessionMap:
+    """Session key -> the miner that served it last, LRU-bounded."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._miners: OrderedDict[str, MinerId] = OrderedDict()
+
+    def record(self, session: str, miner_id: MinerId) -> None:
+        self._miners[session] = miner_id
+        self._miners.move_to_end(session)
+        while len(self._miners) > self._capacity:
+            self._miners.popitem(last=False)
+
+    def view(self) -> OrderedDict[str, MinerId]:
+        return self._miners
