@@ -24,7 +24,7 @@ from types import MappingProxyType
 
 from inferswarm.protocol import MinerId, ModelName
 
-SAMPLE_SIZE = 64
+SAMPLE_SIZE = 32
 DEFAULT_EXPECTED_OUTPUT_TOKENS = 256
 """Output assumed for a task with no max_tokens, when estimating its work."""
 CACHE_LOAD_GUARD = 0.5
@@ -213,6 +213,16 @@ def choose_miner(task: TaskNeeds, snapshot: Snapshot, policy: Policy) -> Decisio
     return _decide(task, pool, snapshot, policy, rng)
 
 
+def _eligible(task: TaskNeeds, miner: MinerView) -> bool:
+    """All of FILTERS in one pass (the hot path); FILTERS explain a refusal."""
+    return (
+        miner.state is MinerState.LIVE
+        and not miner.quarantined
+        and miner.miner_id not in task.exclude
+        and task.prompt_tokens + (task.max_tokens or 1) <= miner.context_lengths[task.model]
+    )
+
+
 def _decide(
     task: TaskNeeds,
     candidates: Sequence[MinerView],
@@ -220,15 +230,22 @@ def _decide(
     policy: Policy,
     rng: random.Random,
 ) -> Decision:
+    eligible = [miner for miner in candidates if _eligible(task, miner)]
+    if not eligible:
+        return Decision(None, _why_none(task, candidates))
+    free = [miner for miner in eligible if miner.busy < miner.slots]
+    if not free:
+        return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are busy", True)
+    chosen, why = _PICKERS[policy](task, free, snapshot, rng)
+    return Decision(chosen.miner_id, f"{policy.value}: {why}")
+
+
+def _why_none(task: TaskNeeds, candidates: Sequence[MinerView]) -> str:
     for keep, why_none in FILTERS:
         candidates = [miner for miner in candidates if keep(task, miner)]
         if not candidates:
-            return Decision(None, why_none.format(model=task.model))
-    free = [miner for miner in candidates if miner.has_free_slot]
-    if not free:
-        return Decision(None, f"all {len(candidates)} miners serving {task.model!r} are busy", True)
-    chosen, why = _PICKERS[policy](task, free, snapshot, rng)
-    return Decision(chosen.miner_id, f"{policy.value}: {why}")
+            return why_none.format(model=task.model)
+    raise AssertionError("_eligible and FILTERS disagree")
 
 
 Picker = Callable[[TaskNeeds, Sequence[MinerView], Snapshot, random.Random], tuple[MinerView, str]]
@@ -259,37 +276,43 @@ def _power_of_two(
     return chosen, f"lighter of {len(pair)} sampled, load {chosen.busy}/{chosen.slots}"
 
 
-def expected_completion_s(task: TaskNeeds, miner: MinerView, fallback: Speed) -> float:
+def expected_completion_s(task: TaskNeeds, miner: MinerView, fallback: Speed | None) -> float:
     """Seconds until this task would finish on this miner: its prompt at the
     miner's prompt speed, then its output at the per-sequence speed the miner
     has with one more sequence running. Work already queued on a full miner
     is ahead of it."""
-    speed = miner.speed or fallback
-    running = miner.busy + 1
+    speed = miner.speed or fallback or _UNKNOWN
     wait = 0.0
-    if not miner.has_free_slot:
+    if miner.busy >= miner.slots:
         wait = miner.queued_tokens / speed.aggregate(miner.slots)
     prompt = task.prompt_tokens / speed.prompt
-    output = task.expected_output_tokens / speed.per_sequence(running)
+    output = task.expected_output_tokens / speed.per_sequence(miner.busy + 1)
     return wait + prompt + output
 
 
-def _fallback_speed(candidates: Sequence[MinerView]) -> Speed:
+_UNKNOWN = Speed(prompt=1000.0, generation=10.0)
+
+
+def _fallback_speed(candidates: Sequence[MinerView]) -> Speed | None:
     """Unmeasured miners are assumed typical of the rest (median), so they get
     work and are measured, rather than being starved or flooded."""
+    if all(m.speed is not None for m in candidates):
+        return None  # nobody needs it: skip the sort on the hot path
     known = sorted((m.speed for m in candidates if m.speed), key=lambda s: s.generation)
-    if not known:
-        return Speed(prompt=1000.0, generation=10.0)
-    return known[len(known) // 2]
+    return known[len(known) // 2] if known else _UNKNOWN
 
 
 def _capacity_aware(
     task: TaskNeeds, candidates: Sequence[MinerView], snapshot: Snapshot, rng: random.Random
 ) -> tuple[MinerView, str]:
     fallback = _fallback_speed(candidates)
-    scored = [(expected_completion_s(task, m, fallback), m.miner_id, m) for m in candidates]
-    best_s, _, chosen = min(scored, key=lambda item: (item[0], item[1]))
-    return chosen, f"expected completion {best_s:.2f} s"
+    best = candidates[0]
+    best_s = expected_completion_s(task, best, fallback)
+    for miner in candidates[1:]:
+        cost = expected_completion_s(task, miner, fallback)
+        if cost < best_s or (cost == best_s and miner.miner_id < best.miner_id):
+            best, best_s = miner, cost
+    return best, f"expected completion {best_s:.2f} s"
 
 
 def cached_prefix_tokens(task: TaskNeeds, miner: MinerView, snapshot: Snapshot) -> int:
@@ -315,7 +338,7 @@ def _cache_aware(
         cost = expected_completion_s(task, miner, fallback)
         cached = cached_prefix_tokens(task, miner, snapshot)
         if cached and miner.load - lightest <= CACHE_LOAD_GUARD:
-            cost -= min(cached, task.prompt_tokens) / (miner.speed or fallback).prompt
+            cost -= min(cached, task.prompt_tokens) / (miner.speed or fallback or _UNKNOWN).prompt
         else:
             cached = 0
         if best is None or (cost, miner.miner_id) < (best[0], best[1]):
