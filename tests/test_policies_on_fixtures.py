@@ -49,6 +49,11 @@ def fleet() -> dict[str, MinerView]:
     }
 
 
+def full(miner: MinerView, remaining_per_task: int = 300) -> MinerView:
+    """Every slot busy, each task with work left, as the registry reports it."""
+    return replace(miner, busy=miner.slots, queued_tokens=miner.slots * remaining_per_task)
+
+
 def choose(fleet: dict[str, MinerView], policy: Policy, **needs: object) -> MinerId | None:
     task = TaskNeeds(model=MODEL, **needs)  # type: ignore[arg-type]
     return choose_miner(task, Snapshot.of(list(fleet.values())), policy).miner_id
@@ -66,17 +71,30 @@ def test_capacity_aware_sends_long_work_to_the_datacenter_gpu(fleet: dict[str, M
 
 
 def test_capacity_aware_moves_on_as_the_big_gpu_fills(fleet: dict[str, MinerView]) -> None:
-    fleet["datacenter_gpu"] = replace(fleet["datacenter_gpu"], busy=32)
+    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"])
     assert choose(fleet, Policy.CAPACITY_AWARE, max_tokens=200) == "m-rtx4070"
-    fleet["consumer_gpu"] = replace(fleet["consumer_gpu"], busy=8)
+
+
+def test_capacity_aware_waits_for_a_fast_miner_only_while_that_is_quicker(
+    fleet: dict[str, MinerView],
+) -> None:
+    fleet["consumer_gpu"] = full(fleet["consumer_gpu"])
+    # The H100 frees a slot in ~0.7 s and then needs ~0.5 s: better than 1.8 s on the laptop.
+    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"], remaining_per_task=300)
+    task = TaskNeeds(model=MODEL, max_tokens=200)
+    waiting = choose_miner(task, Snapshot.of(list(fleet.values())), Policy.CAPACITY_AWARE)
+    assert waiting.miner_id is None and waiting.saturated
+    assert "waiting for m-h100" in waiting.reason
+    # Deeply backlogged (~7 s to a free slot): the idle laptop is quicker.
+    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"], remaining_per_task=3000)
     assert choose(fleet, Policy.CAPACITY_AWARE, max_tokens=200) == "m-laptop-i7"
-    fleet["laptop_cpu"] = replace(fleet["laptop_cpu"], busy=2)
-    assert choose(fleet, Policy.CAPACITY_AWARE, max_tokens=200) == "m-arm-rpi5"
+    # Baselines never wait while any slot is free.
+    assert choose(fleet, Policy.LEAST_LOADED, max_tokens=200) in {"m-laptop-i7", "m-arm-rpi5"}
 
 
 def test_the_arm_board_cannot_take_a_prompt_beyond_its_context(fleet: dict[str, MinerView]) -> None:
     for name in ("laptop_cpu", "consumer_gpu", "datacenter_gpu"):
-        fleet[name] = replace(fleet[name], busy=fleet[name].slots)
+        fleet[name] = full(fleet[name])
     task = TaskNeeds(model=MODEL, prompt_tokens=3000, max_tokens=100)
     decision = choose_miner(task, Snapshot.of(list(fleet.values())), Policy.CAPACITY_AWARE)
     assert decision.miner_id is None and decision.saturated  # wait for a big miner, do not fail
@@ -97,13 +115,13 @@ def test_round_robin_visits_every_miner(fleet: dict[str, MinerView]) -> None:
 
 
 def test_power_of_two_never_picks_a_full_miner(fleet: dict[str, MinerView]) -> None:
-    fleet["datacenter_gpu"] = replace(fleet["datacenter_gpu"], busy=32)
+    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"])
     picks = {choose(fleet, Policy.POWER_OF_TWO, seed=s) for s in range(50)}
     assert "m-h100" not in picks and len(picks) >= 2
 
 
 def test_cache_aware_weighs_a_warm_cache_against_raw_speed(fleet: dict[str, MinerView]) -> None:
-    fleet["datacenter_gpu"] = replace(fleet["datacenter_gpu"], busy=32)
+    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"])
     snapshot = Snapshot.of(list(fleet.values()), prefixes={7: frozenset({MinerId("m-laptop-i7")})})
 
     def task(cached: int) -> TaskNeeds:

@@ -39,6 +39,7 @@ class EngineOptions:
     upstream_key: str | None
     fake_prompt_speed: float = 0.0
     fake_claim_speed: float | None = None
+    fake_output_tokens: int = 24
 
 
 class EngineKind(StrEnum):
@@ -122,6 +123,9 @@ def miner(
             envvar="INFERSWARM_CACHE_DIR",
         ),
     ] = None,
+    fake_output_tokens: Annotated[
+        int, typer.Option(min=1, help="Fake engine answer length when max_tokens allows.")
+    ] = 24,
     fake_claim_speed: Annotated[
         float | None,
         typer.Option(
@@ -157,6 +161,7 @@ def miner(
         upstream_key,
         fake_prompt_speed,
         fake_claim_speed,
+        fake_output_tokens,
     )
     cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
@@ -249,6 +254,7 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
             tokens_per_s=o.fake_speed,
             prompt_tokens_per_s=o.fake_prompt_speed,
             claimed_tokens_per_s=o.fake_claim_speed,
+            natural_length=o.fake_output_tokens,
             latency_s=o.fake_latency,
             failure_rate=o.fake_failure_rate,
             context_length=o.ctx,

@@ -233,6 +233,13 @@ def _decide(
     eligible = [miner for miner in candidates if _eligible(task, miner)]
     if not eligible:
         return Decision(None, _why_none(task, candidates))
+    if policy in WAITING_POLICIES:
+        # These weigh a busy fast miner's queue against an idle slow one: if
+        # waiting for the fast one finishes sooner, the task waits for it.
+        chosen, why = _PICKERS[policy](task, eligible, snapshot, rng)
+        if chosen.busy >= chosen.slots:
+            return Decision(None, f"{policy.value}: waiting for {chosen.miner_id}; {why}", True)
+        return Decision(chosen.miner_id, f"{policy.value}: {why}")
     free = [miner for miner in eligible if miner.busy < miner.slots]
     if not free:
         return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are busy", True)
@@ -284,6 +291,8 @@ def expected_completion_s(task: TaskNeeds, miner: MinerView, fallback: Speed | N
     speed = miner.speed or fallback or _UNKNOWN
     wait = 0.0
     if miner.busy >= miner.slots:
+        # Until a slot frees: the mean running task's remaining tokens at the
+        # per-sequence speed, which is queued tokens over the aggregate speed.
         wait = miner.queued_tokens / speed.aggregate(miner.slots)
     prompt = task.prompt_tokens / speed.prompt
     output = task.expected_output_tokens / speed.per_sequence(miner.busy + 1)
@@ -352,7 +361,7 @@ def _session_affinity(
 ) -> tuple[MinerView, str]:
     previous = snapshot.sessions.get(task.session) if task.session else None
     for miner in candidates:
-        if miner.miner_id == previous:
+        if miner.miner_id == previous and miner.has_free_slot:
             return miner, f"session {task.session!r} stays on its miner"
     chosen, why = _capacity_aware(task, candidates, snapshot, rng)
     return chosen, f"new or moved session; {why}"
@@ -366,6 +375,9 @@ _PICKERS: dict[Policy, Picker] = {
     Policy.CACHE_AWARE: _cache_aware,
     Policy.SESSION_AFFINITY: _session_affinity,
 }
+
+
+WAITING_POLICIES = frozenset({Policy.CAPACITY_AWARE, Policy.CACHE_AWARE, Policy.SESSION_AFFINITY})
 
 
 def tier_for(tokens_per_s: float | None) -> int:
