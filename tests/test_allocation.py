@@ -64,38 +64,54 @@ def test_when_every_slot_is_busy_requests_wait_and_all_complete(net: Network) ->
     assert [r.choices[0].finish_reason for r in results] == ["length"] * 4
 
 
+def occupy(net: Network, count: int, max_tokens: int = 20) -> list[threading.Thread]:
+    """Start ``count`` slow requests in the background."""
+    threads = [
+        threading.Thread(target=chat, args=(net,), kwargs={"max_tokens": max_tokens})
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+ON_ONE_SLOT_MINER = 3  # one running and two queued on the miner itself
+
+
 def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
     with network(tmp_path) as net:
         net.start_router("--max-queue", "1")
-        net.start_miner("only", "--fake-speed", "5", "--slots", "1")
+        net.start_miner("only", "--fake-speed", "10", "--slots", "1")
         net.wait_miners(1)
-        busy = threading.Thread(target=chat, args=(net,), kwargs={"max_tokens": 20})
-        busy.start()
-        wait_until(lambda: by_name(net)["only"]["busy"] == 1, what="the slot to fill")
-        waiting = threading.Thread(target=chat, args=(net,), kwargs={"max_tokens": 1})
-        waiting.start()
-        time.sleep(0.3)  # let it take the one place in the queue
+        threads = occupy(net, ON_ONE_SLOT_MINER)
+        wait_until(
+            lambda: by_name(net)["only"]["busy"] == ON_ONE_SLOT_MINER, what="the miner to fill"
+        )
+        threads += occupy(net, 1, max_tokens=1)  # takes the one place in the router's queue
+        time.sleep(0.3)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
         refused = httpx.post(net.base_url + "/v1/chat/completions", json=body, timeout=10)
         assert refused.status_code == 429
         assert refused.headers["Retry-After"]
         assert refused.json()["error"]["code"] == "queue_full"
-        busy.join(30)
-        waiting.join(30)
+        for thread in threads:
+            thread.join(30)
 
 
 def test_waiting_longer_than_the_queue_timeout_answers_429(tmp_path: Path) -> None:
     with network(tmp_path) as net:
         net.start_router("--queue-timeout", "0.5")
-        net.start_miner("only", "--fake-speed", "5", "--slots", "1")
+        net.start_miner("only", "--fake-speed", "10", "--slots", "1")
         net.wait_miners(1)
-        busy = threading.Thread(target=chat, args=(net,), kwargs={"max_tokens": 15})
-        busy.start()
-        wait_until(lambda: by_name(net)["only"]["busy"] == 1, what="the slot to fill")
+        threads = occupy(net, ON_ONE_SLOT_MINER)
+        wait_until(
+            lambda: by_name(net)["only"]["busy"] == ON_ONE_SLOT_MINER, what="the miner to fill"
+        )
         with pytest.raises(openai.RateLimitError) as late:
             chat(net, max_tokens=1)
         assert late.value.code == "queue_timeout"
-        busy.join(30)
+        for thread in threads:
+            thread.join(30)
 
 
 def test_only_admins_may_override_the_policy(tmp_path: Path) -> None:

@@ -49,9 +49,11 @@ def fleet() -> dict[str, MinerView]:
     }
 
 
-def full(miner: MinerView, remaining_per_task: int = 300) -> MinerView:
-    """Every slot busy, each task with work left, as the registry reports it."""
-    return replace(miner, busy=miner.slots, queued_tokens=miner.slots * remaining_per_task)
+def full(miner: MinerView, remaining_per_task: int = 300, queued_per_slot: int = 2) -> MinerView:
+    """Every slot busy and the miner's own queue at its limit, each task with
+    work left, as the registry reports it."""
+    busy = miner.slots * (1 + queued_per_slot)
+    return replace(miner, busy=busy, queued_tokens=busy * remaining_per_task)
 
 
 def choose(fleet: dict[str, MinerView], policy: Policy, **needs: object) -> MinerId | None:
@@ -75,20 +77,22 @@ def test_capacity_aware_moves_on_as_the_big_gpu_fills(fleet: dict[str, MinerView
     assert choose(fleet, Policy.CAPACITY_AWARE, max_tokens=200) == "m-rtx4070"
 
 
-def test_capacity_aware_waits_for_a_fast_miner_only_while_that_is_quicker(
+def test_capacity_aware_queues_on_a_fast_miner_only_while_that_is_quicker(
     fleet: dict[str, MinerView],
 ) -> None:
     fleet["consumer_gpu"] = full(fleet["consumer_gpu"])
-    # The H100 frees a slot in ~0.7 s and then needs ~0.5 s: better than 1.8 s on the laptop.
-    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"], remaining_per_task=300)
-    task = TaskNeeds(model=MODEL, max_tokens=200)
-    waiting = choose_miner(task, Snapshot.of(list(fleet.values())), Policy.CAPACITY_AWARE)
-    assert waiting.miner_id is None and waiting.saturated
-    assert "waiting for m-h100" in waiting.reason
-    # Deeply backlogged (~7 s to a free slot): the idle laptop is quicker.
-    fleet["datacenter_gpu"] = full(fleet["datacenter_gpu"], remaining_per_task=3000)
+    # Slots busy, one task queued per slot: starting on the H100 after ~0.02 s
+    # beats 1.8 s on the idle laptop.
+    fleet["datacenter_gpu"] = full(
+        fleet["datacenter_gpu"], remaining_per_task=20, queued_per_slot=1
+    )
+    assert choose(fleet, Policy.CAPACITY_AWARE, max_tokens=200) == "m-h100"
+    # Deep backlog on the H100: the idle laptop is quicker.
+    fleet["datacenter_gpu"] = full(
+        fleet["datacenter_gpu"], remaining_per_task=3000, queued_per_slot=1
+    )
     assert choose(fleet, Policy.CAPACITY_AWARE, max_tokens=200) == "m-laptop-i7"
-    # Baselines never wait while any slot is free.
+    # Baselines ignore speed: least_loaded picks the emptiest.
     assert choose(fleet, Policy.LEAST_LOADED, max_tokens=200) in {"m-laptop-i7", "m-arm-rpi5"}
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from inferswarm.protocol import MinerId, ModelName
 from inferswarm.router.schedule import (
     SAMPLE_SIZE,
@@ -85,11 +87,13 @@ def test_no_candidate_explains_why() -> None:
     assert "already tried" in decision.reason
 
 
-def test_full_miners_mean_wait_not_fail() -> None:
-    decision = decide(miner("a", busy=2), miner("b", busy=2))
+def test_busy_miners_take_a_short_queue_then_the_router_waits() -> None:
+    # 2 slots each: up to 2 running and 4 queued on the miner.
+    assert pick(miner("a", busy=5), miner("b", busy=4)) == "b"
+    decision = decide(miner("a", busy=6), miner("b", busy=6))
     assert decision.miner_id is None
     assert decision.saturated
-    assert "busy" in decision.reason
+    assert "full" in decision.reason
 
 
 def test_round_robin_rotates_by_sequence() -> None:
@@ -106,9 +110,23 @@ def test_power_of_two_takes_the_lighter_of_its_sample_and_repeats_per_seed() -> 
     assert len(set(first)) > 2  # it spreads
 
 
-def test_capacity_aware_prefers_the_faster_miner_until_it_is_loaded() -> None:
+def test_capacity_aware_prefers_the_faster_miner_until_its_queue_is_long() -> None:
     slow, fast = miner("slow", speed=10, slots=4), miner("fast", speed=100, slots=4)
     assert pick(slow, fast, policy=Policy.CAPACITY_AWARE, max_tokens=100) == "fast"
+    # 2 queued behind 4 running, 100 tokens each left: ~2 s wait + 1 s of work beats 10 s.
+    queued = MinerView(
+        miner_id=MinerId("fast"),
+        state=MinerState.LIVE,
+        context_lengths={MODEL: 2048},
+        slots=4,
+        busy=6,
+        speed=Speed(prompt=2000, generation=100),
+        queued_tokens=600,
+    )
+    assert pick(slow, queued, policy=Policy.CAPACITY_AWARE, max_tokens=100) == "fast"
+    # With 1,000 tokens left per task the wait grows past 10 s: the idle slow miner wins.
+    backlogged = replace(queued, busy=8, queued_tokens=8000)
+    assert pick(slow, backlogged, policy=Policy.CAPACITY_AWARE, max_tokens=100) == "slow"
 
 
 def test_capacity_aware_counts_contention_on_a_batched_miner() -> None:
@@ -168,7 +186,7 @@ def test_session_affinity_sticks_and_falls_back_when_the_miner_is_gone() -> None
 
 
 def test_large_pools_are_sampled_but_still_find_the_only_free_miner() -> None:
-    pool = [miner(f"m{i:05}", busy=2) for i in range(SAMPLE_SIZE * 20)]
+    pool = [miner(f"m{i:05}", busy=6) for i in range(SAMPLE_SIZE * 20)]
     pool.append(miner("free"))
     assert pick(*pool, policy=Policy.CAPACITY_AWARE, seed=3) == "free"
 

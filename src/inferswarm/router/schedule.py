@@ -25,6 +25,10 @@ from types import MappingProxyType
 from inferswarm.protocol import MinerId, ModelName
 
 SAMPLE_SIZE = 32
+QUEUED_PER_SLOT = 2
+"""Tasks a miner may hold waiting, per slot, beyond those it runs. A short
+queue on each miner lets a fast miner take more work than it has slots
+(shortest-expected-delay routing); beyond it, tasks wait in the router."""
 DEFAULT_EXPECTED_OUTPUT_TOKENS = 256
 """Output assumed for a task with no max_tokens, when estimating its work."""
 CACHE_LOAD_GUARD = 0.5
@@ -100,6 +104,11 @@ class MinerView:
     @property
     def has_free_slot(self) -> bool:
         return self.busy < self.slots
+
+    @property
+    def has_room(self) -> bool:
+        """A free slot, or an acceptable queue on the miner itself."""
+        return self.busy < self.slots * (1 + QUEUED_PER_SLOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,17 +242,10 @@ def _decide(
     eligible = [miner for miner in candidates if _eligible(task, miner)]
     if not eligible:
         return Decision(None, _why_none(task, candidates))
-    if policy in WAITING_POLICIES:
-        # These weigh a busy fast miner's queue against an idle slow one: if
-        # waiting for the fast one finishes sooner, the task waits for it.
-        chosen, why = _PICKERS[policy](task, eligible, snapshot, rng)
-        if chosen.busy >= chosen.slots:
-            return Decision(None, f"{policy.value}: waiting for {chosen.miner_id}; {why}", True)
-        return Decision(chosen.miner_id, f"{policy.value}: {why}")
-    free = [miner for miner in eligible if miner.busy < miner.slots]
-    if not free:
-        return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are busy", True)
-    chosen, why = _PICKERS[policy](task, free, snapshot, rng)
+    roomy = [miner for miner in eligible if miner.has_room]
+    if not roomy:
+        return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are full", True)
+    chosen, why = _PICKERS[policy](task, roomy, snapshot, rng)
     return Decision(chosen.miner_id, f"{policy.value}: {why}")
 
 
@@ -289,13 +291,15 @@ def expected_completion_s(task: TaskNeeds, miner: MinerView, fallback: Speed | N
     has with one more sequence running. Work already queued on a full miner
     is ahead of it."""
     speed = miner.speed or fallback or _UNKNOWN
+    running = min(miner.busy + 1, miner.slots)
     wait = 0.0
     if miner.busy >= miner.slots:
-        # Until a slot frees: the mean running task's remaining tokens at the
-        # per-sequence speed, which is queued tokens over the aggregate speed.
-        wait = miner.queued_tokens / speed.aggregate(miner.slots)
+        # It starts once busy - slots + 1 tasks ahead have finished: their
+        # share of the queued work, done at the miner's full speed.
+        ahead = miner.busy - miner.slots + 1
+        wait = miner.queued_tokens * ahead / miner.busy / speed.aggregate(miner.slots)
     prompt = task.prompt_tokens / speed.prompt
-    output = task.expected_output_tokens / speed.per_sequence(miner.busy + 1)
+    output = task.expected_output_tokens / speed.per_sequence(running)
     return wait + prompt + output
 
 
@@ -375,9 +379,6 @@ _PICKERS: dict[Policy, Picker] = {
     Policy.CACHE_AWARE: _cache_aware,
     Policy.SESSION_AFFINITY: _session_affinity,
 }
-
-
-WAITING_POLICIES = frozenset({Policy.CAPACITY_AWARE, Policy.CACHE_AWARE, Policy.SESSION_AFFINITY})
 
 
 def tier_for(tokens_per_s: float | None) -> int:
