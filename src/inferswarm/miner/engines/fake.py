@@ -75,9 +75,14 @@ class FakeEngine:
             await asyncio.sleep(delay_first)
         produced = min(limit, self.config.natural_length)
         delay = 1 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for index in range(produced):
             if delay:
-                await asyncio.sleep(delay)
+                # Paced against a schedule, so overheads do not accumulate and the
+                # fake delivers exactly its configured speed.
+                due += delay
+                await asyncio.sleep(max(0.0, due - loop.time()))
             yield TaskChunk(task_id=task.task_id, text=f" w{index}", tokens=1)
         finish = "length" if produced == limit else "stop"
         yield TaskDone(
