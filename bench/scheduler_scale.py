@@ -24,10 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_policies_on_fixtures import FIXTURES, MODEL, load, view  # noqa: E402
-
-from inferswarm.protocol import MinerId  # noqa: E402
-from inferswarm.router.schedule import Policy, Snapshot, TaskNeeds, choose_miner  # noqa: E402
+from inferswarm.protocol import MinerId
+from inferswarm.router.schedule import Policy, Snapshot, TaskNeeds, choose_miner
+from test_policies_on_fixtures import FIXTURES, MODEL, load, view
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,11 +36,17 @@ def build_pool(size: int, rng: random.Random) -> list:  # type: ignore[type-arg]
     pool = []
     for index in range(size):
         template = rng.choice(templates)
-        pool.append(replace(template, miner_id=MinerId(f"m-{index:06}"), busy=rng.randint(0, template.slots)))
+        pool.append(
+            replace(
+                template, miner_id=MinerId(f"m-{index:06}"), busy=rng.randint(0, template.slots)
+            )
+        )
     return pool
 
 
-def time_decisions(snapshot: Snapshot, policy: Policy, decisions: int, rng: random.Random) -> list[float]:
+def time_decisions(
+    snapshot: Snapshot, policy: Policy, decisions: int, rng: random.Random
+) -> list[float]:
     timings = []
     for sequence in range(decisions):
         task = TaskNeeds(
@@ -60,7 +65,9 @@ def time_decisions(snapshot: Snapshot, policy: Policy, decisions: int, rng: rand
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="100,10000,100000")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=RESULTS / "scheduler_scale.json")
@@ -76,28 +83,41 @@ def main() -> None:
         build_ms = (time.perf_counter() - started) * 1000
         for policy in Policy:
             timings = sorted(time_decisions(snapshot, policy, args.decisions, rng))
-            rows.append({
-                "miners": size,
-                "policy": policy.value,
-                "median_us": statistics.median(timings),
-                "p99_us": timings[int(len(timings) * 0.99)],
-                "snapshot_build_ms": build_ms,
-            })
+            rows.append(
+                {
+                    "miners": size,
+                    "policy": policy.value,
+                    "median_us": statistics.median(timings),
+                    "p99_us": timings[int(len(timings) * 0.99)],
+                    "snapshot_build_ms": build_ms,
+                }
+            )
     table = Table(title="choose_miner decision time (one core, CPython)")
     for column in ("miners", "policy", "median µs", "p99 µs", "snapshot build ms"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(str(row["miners"]), row["policy"], f"{row['median_us']:.1f}", f"{row['p99_us']:.1f}",
-                      f"{row['snapshot_build_ms']:.1f}")
+        table.add_row(
+            str(row["miners"]),
+            row["policy"],
+            f"{row['median_us']:.1f}",
+            f"{row['p99_us']:.1f}",
+            f"{row['snapshot_build_ms']:.1f}",
+        )
     Console(width=120).print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "benchmark": "scheduler_scale",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "decisions_per_cell": args.decisions,
-        "results": rows,
-    }, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {
+                "benchmark": "scheduler_scale",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"platform": platform.platform(), "python": platform.python_version()},
+                "decisions_per_cell": args.decisions,
+                "results": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netutil import network  # noqa: E402
+from netutil import network
 
 RESULTS = Path(__file__).parent / "results"
 POLICIES = ("round_robin", "least_loaded", "power_of_two", "capacity_aware")
@@ -88,7 +88,7 @@ def lognormal_int(rng: random.Random, mean: float, sigma: float, low: int, high:
 
 def make_trace(rate: float, duration: float, seed: int) -> list[Arrival]:
     rng = random.Random(seed)
-    words = "the quick brown fox jumps over a lazy dog while miners serve tokens".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "miners", "serve", "tokens"]
     trace, now = [], 0.0
     while True:
         now += rng.expovariate(rate)
@@ -99,7 +99,9 @@ def make_trace(rate: float, duration: float, seed: int) -> list[Arrival]:
         trace.append(Arrival(now, prompt, lognormal_int(rng, 60, 0.6, 8, 240)))
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, arrival: Arrival, policy: str) -> Outcome:
+async def one_request(
+    session: aiohttp.ClientSession, url: str, arrival: Arrival, policy: str
+) -> Outcome:
     body = {
         "model": "fake-model",
         "prompt": arrival.prompt,
@@ -140,9 +142,13 @@ async def one_request(session: aiohttp.ClientSession, url: str, arrival: Arrival
     return outcome
 
 
-async def replay(url: str, trace: list[Arrival], policy: str, progress: Progress, bar: Any) -> tuple[list[Outcome], float, float]:
+async def replay(
+    url: str, trace: list[Arrival], policy: str, progress: Progress, bar: Any
+) -> tuple[list[Outcome], float, float]:
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
         start = time.perf_counter()
         tasks = []
         for arrival in trace:
@@ -168,9 +174,18 @@ def miner_tokens(base_url: str) -> dict[str, int]:
     return {m["name"]: m["generated_tokens"] for m in miners}
 
 
-def summarise(policy: str, load: float, outcomes: list[Outcome], start: float, end: float, duration: float,
-              capacity: float, tokens_before: dict[str, int], tokens_after: dict[str, int],
-              per_miner_capacity: dict[str, float]) -> Row:
+def summarise(
+    policy: str,
+    load: float,
+    outcomes: list[Outcome],
+    start: float,
+    end: float,
+    duration: float,
+    capacity: float,
+    tokens_before: dict[str, int],
+    tokens_after: dict[str, int],
+    per_miner_capacity: dict[str, float],
+) -> Row:
     """Throughput counts the tokens delivered while arrivals were coming in,
     after a warm-up (the drain afterwards is not a policy's throughput);
     utilisation and latencies cover the whole run."""
@@ -192,28 +207,64 @@ def summarise(policy: str, load: float, outcomes: list[Outcome], start: float, e
         e2e_p99=percentile([o.e2e for o in done if o.e2e is not None], 0.99),
         refused=sum(o.refused for o in outcomes),
         failed=sum(o.failed is not None for o in outcomes),
-        utilisation={m: (tokens_after[m] - tokens_before[m]) / window / per_miner_capacity[m] for m in tokens_after},
+        utilisation={
+            m: (tokens_after[m] - tokens_before[m]) / window / per_miner_capacity[m]
+            for m in tokens_after
+        },
     )
 
 
 def report(rows: list[Row], capacity: float) -> Table:
-    table = Table(title=f"Scheduling policies on one trace per load; summed capacity {capacity:.0f} tok/s")
-    for column in ("load", "policy", "req", "tok/s", "of capacity", "TTFT p50", "TTFT p99", "e2e p50", "e2e p99",
-                   "util 1x/4x/16x (run)", "refused", "failed"):
+    table = Table(
+        title=f"Scheduling policies on one trace per load; summed capacity {capacity:.0f} tok/s"
+    )
+    for column in (
+        "load",
+        "policy",
+        "req",
+        "tok/s",
+        "of capacity",
+        "TTFT p50",
+        "TTFT p99",
+        "e2e p50",
+        "e2e p99",
+        "util 1x/4x/16x (run)",
+        "refused",
+        "failed",
+    ):
         table.add_column(column, justify="right")
     for r in rows:
         util = "/".join(f"{r.utilisation[f'x{m}']:.0%}" for m in MULTIPLIERS)
-        table.add_row(f"{r.load:.0%}", r.policy, str(r.requests), f"{r.tokens_per_s:.0f}", f"{r.achieved_share:.1%}",
-                      f"{r.ttft_p50:.2f}", f"{r.ttft_p99:.2f}", f"{r.e2e_p50:.2f}", f"{r.e2e_p99:.2f}",
-                      util, str(r.refused), str(r.failed))
+        table.add_row(
+            f"{r.load:.0%}",
+            r.policy,
+            str(r.requests),
+            f"{r.tokens_per_s:.0f}",
+            f"{r.achieved_share:.1%}",
+            f"{r.ttft_p50:.2f}",
+            f"{r.ttft_p99:.2f}",
+            f"{r.e2e_p50:.2f}",
+            f"{r.e2e_p99:.2f}",
+            util,
+            str(r.refused),
+            str(r.failed),
+        )
     return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-speed", type=float, default=5.0, help="tokens/s per sequence of the 1x miner")
-    parser.add_argument("--loads", default="0.5,0.8,1.2", help="arrival rates as shares of summed capacity")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per policy and load")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--base-speed", type=float, default=5.0, help="tokens/s per sequence of the 1x miner"
+    )
+    parser.add_argument(
+        "--loads", default="0.5,0.8,1.2", help="arrival rates as shares of summed capacity"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds of arrivals per policy and load"
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--output", type=Path, default=RESULTS / "scheduling.json")
@@ -228,30 +279,71 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir, network(Path(workdir)) as net:
         net.start_router("--log-level", "warning", "--max-queue", "2000", "--queue-timeout", "120")
         for m in MULTIPLIERS:
-            net.start_miner(f"x{m}", "--fake-speed", str(args.base_speed * m), "--slots", str(SLOTS),
-                            "--fake-prompt-speed", str(args.base_speed * m * PROMPT_SPEED_FACTOR), "--fake-output-tokens", "100000",
-                            "--log-level", "warning")
+            net.start_miner(
+                f"x{m}",
+                "--fake-speed",
+                str(args.base_speed * m),
+                "--slots",
+                str(SLOTS),
+                "--fake-prompt-speed",
+                str(args.base_speed * m * PROMPT_SPEED_FACTOR),
+                "--fake-output-tokens",
+                "100000",
+                "--log-level",
+                "warning",
+            )
         net.wait_miners(len(MULTIPLIERS))
         url = net.base_url + "/v1/completions"
-        traces = {load: make_trace(load * capacity / mean_output, args.duration, args.seed + i) for i, load in enumerate(loads)}
+        traces = {
+            load: make_trace(load * capacity / mean_output, args.duration, args.seed + i)
+            for i, load in enumerate(loads)
+        }
         with Progress(console=console) as progress:
-            bar = progress.add_task("requests", total=sum(len(t) for t in traces.values()) * len(policies))
+            bar = progress.add_task(
+                "requests", total=sum(len(t) for t in traces.values()) * len(policies)
+            )
             for load, trace in traces.items():
                 for policy in policies:
                     before = miner_tokens(net.base_url)
                     outcomes, start, end = asyncio.run(replay(url, trace, policy, progress, bar))
                     after = miner_tokens(net.base_url)
-                    rows.append(summarise(policy, load, outcomes, start, end, args.duration, capacity, before, after, per_miner))
+                    rows.append(
+                        summarise(
+                            policy,
+                            load,
+                            outcomes,
+                            start,
+                            end,
+                            args.duration,
+                            capacity,
+                            before,
+                            after,
+                            per_miner,
+                        )
+                    )
     console.print(report(rows, capacity))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "benchmark": "scheduling",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "settings": {"base_speed": args.base_speed, "multipliers": MULTIPLIERS, "slots": SLOTS, "loads": loads,
-                     "duration_s": args.duration, "seed": args.seed, "capacity_tokens_per_s": capacity},
-        "results": [asdict(r) for r in rows],
-    }, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {
+                "benchmark": "scheduling",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"platform": platform.platform(), "python": platform.python_version()},
+                "settings": {
+                    "base_speed": args.base_speed,
+                    "multipliers": MULTIPLIERS,
+                    "slots": SLOTS,
+                    "loads": loads,
+                    "duration_s": args.duration,
+                    "seed": args.seed,
+                    "capacity_tokens_per_s": capacity,
+                },
+                "results": [asdict(r) for r in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     console.print(f"JSON written to {args.output}")
 
 

@@ -19,10 +19,20 @@ MODEL = "smollm2-135m-instruct:q4_1"
 
 @pytest.fixture(scope="module")
 def llama_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    with network(tmp_path_factory.mktemp("llama")) as net:
+    workdir = tmp_path_factory.mktemp("llama")
+    with network(workdir) as net:
         net.start_router()
-        net.start_miner("llama-1", "--threads", "1", "--ctx", "1024", engine="llamacpp")
-        net.start_miner("llama-2", "--threads", "1", "--ctx", "1024", engine="llamacpp")
+        for name in ("llama-1", "llama-2"):
+            net.start_miner(
+                name,
+                "--threads",
+                "1",
+                "--ctx",
+                "1024",
+                "--cache-dir",
+                str(workdir / "cache"),
+                engine="llamacpp",
+            )
         net.wait_miners(2, timeout=120)
         yield net
 
@@ -66,14 +76,20 @@ def test_streaming_matches_non_streaming_on_every_miner(
     api: openai.OpenAI, llama_net: Network
 ) -> None:
     """Greedy decoding is deterministic, so both miners and both modes agree."""
+    rotate = {"inferswarm": {"policy": "round_robin"}}  # visit both miners (no auth: admin)
     texts = set()
-    for _ in range(2):  # least-loaded alternates between the two idle miners
+    for _ in range(2):
         reply = api.chat.completions.create(
-            model=MODEL, messages=QUESTION, max_tokens=20, temperature=0
+            model=MODEL, messages=QUESTION, max_tokens=20, temperature=0, extra_body=rotate
         )
         texts.add(reply.choices[0].message.content)
         stream = api.chat.completions.create(
-            model=MODEL, messages=QUESTION, max_tokens=20, temperature=0, stream=True
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            extra_body=rotate,
         )
         texts.add("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
     assert len(texts) == 1
@@ -138,3 +154,20 @@ def test_heartbeats_keep_flowing_during_generation(api: openai.OpenAI, llama_net
             silences += [float(m["last_heartbeat_s"]) for m in busy]  # type: ignore[arg-type]
     assert silences, "the generation finished before any sample was taken"
     assert max(silences) < 1.5
+
+
+def test_miners_benchmark_once_and_report_measured_capability(llama_net: Network) -> None:
+    for miner in llama_net.miners():
+        capability = miner["capability"]
+        assert isinstance(capability, dict) and capability["source"] == "benchmark"
+        assert capability["generation_tokens_per_s"] > 1
+        assert capability["prompt_tokens_per_s"] > capability["generation_tokens_per_s"]
+        assert miner["tier"] in (1, 2, 3)
+    cache = llama_net.workdir / "cache"
+    restarted = llama_net.start_miner(
+        "llama-3", "--threads", "1", "--ctx", "1024", "--cache-dir", str(cache), engine="llamacpp"
+    )
+    llama_net.wait_miners(3, timeout=120)
+    assert "using cached benchmark" in restarted.output()
+    restarted.stop()
+    llama_net.wait_miners(2, timeout=30)

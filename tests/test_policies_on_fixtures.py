@@ -3,7 +3,6 @@ a consumer GPU and a datacenter GPU, as the router sees them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 

@@ -38,17 +38,18 @@ def min_prompt_tokens(text: str) -> int:
 class PrefixIndex:
     """Which miners recently processed which prefix blocks.
 
-    Each miner remembers its last ``prompts_per_miner`` prompts, about what
-    its KV caches can still hold.
+    A miner is assumed to hold the last prompt of each of its slots (each
+    llama.cpp context keeps its last sequence's KV cache), so each miner
+    remembers as many recent prompts as it has slots.
     """
 
-    def __init__(self, prompts_per_miner: int = 8) -> None:
-        self._prompts_per_miner = prompts_per_miner
+    def __init__(self) -> None:
         self._recent: dict[MinerId, OrderedDict[tuple[int, ...], None]] = {}
         self._holders: dict[int, set[MinerId]] = {}
         self._view: dict[int, frozenset[MinerId]] = {}
 
-    def record(self, miner_id: MinerId, blocks: tuple[int, ...]) -> None:
+    def record(self, miner_id: MinerId, blocks: tuple[int, ...], keep: int) -> None:
+        """Note that ``miner_id`` processed a prompt; it holds its last ``keep``."""
         if not blocks:
             return
         recent = self._recent.setdefault(miner_id, OrderedDict())
@@ -56,7 +57,7 @@ class PrefixIndex:
         recent.move_to_end(blocks)
         for block in blocks:
             self._add(block, miner_id)
-        while len(recent) > self._prompts_per_miner:
+        while len(recent) > keep:
             old, _ = recent.popitem(last=False)
             self._release(miner_id, old, recent)
 

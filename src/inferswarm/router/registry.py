@@ -224,7 +224,7 @@ class MinerRegistry:
             expected_tokens=expected_tokens,
             concurrency=len(conn.tasks) + 1,
         )
-        self.prefixes.record(miner_id, prefix)
+        self.prefixes.record(miner_id, prefix, keep=conn.info.slots)
         if session:
             self.sessions.record(session, miner_id)
         try:
