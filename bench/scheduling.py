@@ -88,7 +88,21 @@ def lognormal_int(rng: random.Random, mean: float, sigma: float, low: int, high:
 
 def make_trace(rate: float, duration: float, seed: int) -> list[Arrival]:
     rng = random.Random(seed)
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "miners", "serve", "tokens"]
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "miners",
+        "serve",
+        "tokens",
+    ]
     trace, now = [], 0.0
     while True:
         now += rng.expovariate(rate)

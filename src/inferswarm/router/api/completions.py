@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import APIError, InvalidRequest, NotFound, PermissionDenied
 from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChunk, TaskDone
+from inferswarm.router.affinity import min_prompt_tokens
 from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.registry import MinerRegistry
@@ -70,7 +71,8 @@ def _job(
     messages: tuple[ChatMessage, ...] | None = None,
 ) -> Job:
     model = ModelName(body.model)
-    _check_model(model, max_tokens, request.app.state.registry)
+    text = prompt if prompt is not None else "".join(m.content for m in messages or ())
+    _check_model(model, text, max_tokens, request.app.state.registry)
     sampling = SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -114,7 +116,9 @@ def _policy_override(
         ) from None
 
 
-def _check_model(model: ModelName, max_tokens: int | None, registry: MinerRegistry) -> None:
+def _check_model(
+    model: ModelName, job_text: str, max_tokens: int | None, registry: MinerRegistry
+) -> None:
     served = registry.served_models()
     if model not in served:
         available = ", ".join(sorted(served)) or "none (no miner is connected)"
@@ -131,6 +135,15 @@ def _check_model(model: ModelName, max_tokens: int | None, registry: MinerRegist
             f"max_tokens is {max_tokens}, but the largest context window serving '{model}' is "
             f"{largest_context} tokens, which must hold the prompt too. Lower max_tokens.",
             param="max_tokens",
+            code="context_length_exceeded",
+        )
+    at_least = min_prompt_tokens(job_text)
+    if at_least + (max_tokens or 1) > largest_context:
+        raise InvalidRequest(
+            f"The prompt has at least {at_least} tokens; with max_tokens {max_tokens or 1} it cannot "
+            f"fit the largest context window serving '{model}' ({largest_context} tokens). "
+            "Shorten the prompt or lower max_tokens.",
+            param="messages",
             code="context_length_exceeded",
         )
 
