@@ -212,22 +212,61 @@ def test_a_silent_miner_is_dropped_and_its_task_moves(net: Network) -> None:
         frozen.popen.send_signal(signal.SIGCONT)
 
 
-def test_losing_the_miner_mid_stream_ends_the_stream_with_an_error(net: Network) -> None:
+def stream_text(
+    net: Network, max_tokens: int, kill: Any = None, at_chunk: int = 2
+) -> tuple[str, Any]:
+    """Stream a chat answer; call ``kill`` once ``at_chunk`` chunks arrived."""
+    with client(net) as api:
+        stream = api.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        parts, usage, received = [], None, 0
+        for chunk in stream:
+            usage = chunk.usage or usage
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+                received += 1
+                if received == at_chunk and kill is not None:
+                    kill()
+        return "".join(parts), usage
+
+
+def test_a_stream_migrates_to_another_miner_when_its_miner_dies(net: Network) -> None:
+    net.start_router()
+    first = net.start_miner("first", "--fake-speed", "20", "--fake-output-tokens", "1000")
+    net.wait_miners(1)
+    net.start_miner("second", "--fake-speed", "20", "--fake-output-tokens", "1000")
+    net.wait_miners(2)
+    # capacity_aware ties go to the lower id; make sure "first" streams by occupying nothing else.
+    victim = {m["id"]: m for m in net.miners()}
+    text, usage = stream_text(
+        net,
+        30,
+        kill=lambda: [p.stop(signal.SIGKILL) for p in net.procs if p.name == busy_miner(net)],
+    )
+    assert text == "".join(f" w{i}" for i in range(30))  # no token repeated, none missing
+    assert usage is not None and usage.completion_tokens == 30
+    assert len(net.miners()) == 1
+    assert victim  # both were connected at the start
+
+
+def busy_miner(net: Network) -> str:
+    busy = [str(m["name"]) for m in net.miners() if m["busy"]]
+    assert len(busy) == 1, busy
+    return busy[0]
+
+
+def test_losing_the_only_miner_mid_stream_ends_the_stream_with_an_error(net: Network) -> None:
     net.start_router()
     miner = net.start_miner("slow", "--fake-speed", "5")
     net.wait_miners(1)
-    api = client(net)
-    stream = api.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=50, stream=True
-    )
-    received = 0
-    with api, pytest.raises(openai.APIError) as lost:
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                received += 1
-                if received == 2:
-                    miner.stop(signal.SIGKILL)
-    assert "was lost" in str(lost.value)
+    with pytest.raises(openai.APIError) as lost:
+        stream_text(net, 50, kill=lambda: miner.stop(signal.SIGKILL))
+    assert "was lost" in str(lost.value) and "no miner could continue" in str(lost.value)
 
 
 def test_every_miner_failing_gives_502_naming_the_attempts(net: Network) -> None:

@@ -24,6 +24,9 @@ from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish
 
 log = logging.getLogger("inferswarm.miner")
 
+DRAIN_TIMEOUT_S = 30.0
+"""On SIGTERM, how long running tasks may take to finish before the miner exits."""
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -206,7 +209,16 @@ async def _serve(
     )
     main = asyncio.current_task()
     assert main is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    background: set[asyncio.Task[None]] = set()
+
+    def graceful_stop() -> None:
+        async def drain_then_stop() -> None:
+            await agent.drain(DRAIN_TIMEOUT_S)
+            main.cancel()
+
+        background.add(asyncio.create_task(drain_then_stop()))
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, graceful_stop)
     offers = ", ".join(o.name for o in engine.offers())
     log.info(
         "miner %s serving %s with %d slots on %s engine; dialling %s",

@@ -27,6 +27,7 @@ from inferswarm.miner.engines.base import Engine, TaskRejected
 from inferswarm.miner.hardware import usage_now
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
+    Draining,
     HardwareProfile,
     Heartbeat,
     MinerId,
@@ -84,6 +85,9 @@ class MinerAgent:
         self._slots = asyncio.Semaphore(engine.slots)
         self._running: dict[TaskId, asyncio.Task[None]] = {}
         self._busy = 0
+        self._ws: ClientConnection | None = None
+        self.draining = False
+        self._refusals: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
 
     def registration(self) -> Register:
@@ -130,6 +134,9 @@ class MinerAgent:
         if not isinstance(reply, Registered):
             raise MinerRefused(f"the router answered registration with {reply.type!r}")
         log.info("registered with %s as %s", self._settings.router_url, reply.miner_id)
+        self._ws = ws
+        if self.draining:
+            await ws.send(encode(Draining()))
         self.connected.set()
         heartbeat = asyncio.create_task(self._heartbeat(ws, reply.heartbeat_interval_s))
         try:
@@ -145,6 +152,16 @@ class MinerAgent:
             log.warning("ignoring a malformed frame from the router: %s", exc)
             return
         if isinstance(message, TaskAssign):
+            if self.draining:  # assigned before the router heard we are leaving
+                refusal = TaskFailed(
+                    task_id=message.task_id,
+                    code="engine_error",
+                    message="the miner is shutting down",
+                    retryable=True,
+                )
+                self._refusals.add(refusal_task := asyncio.create_task(_send(ws, refusal)))
+                refusal_task.add_done_callback(self._refusals.discard)
+                return
             task = asyncio.create_task(self._run(ws, message))
             self._running[message.task_id] = task
             task.add_done_callback(lambda _: self._running.pop(message.task_id, None))
@@ -214,6 +231,18 @@ class MinerAgent:
             )
             await ws.send(encode(beat))
             await asyncio.sleep(interval_s)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Take no new tasks, tell the router, and let running tasks finish
+        (for at most ``timeout_s``)."""
+        self.draining = True
+        if self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(encode(Draining()))
+        running = list(self._running.values())
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
+        log.info("drained; %d task(s) left unfinished", len(self._running))
 
     def _cancel_all(self) -> None:
         for task in list(self._running.values()):

@@ -108,6 +108,12 @@ class Refused(_Message):
     reason: str
 
 
+class Draining(_Message):
+    """The miner is shutting down: send it nothing new; it finishes what it has."""
+
+    type: Literal["draining"] = "draining"
+
+
 class Heartbeat(_Message):
     type: Literal["heartbeat"] = "heartbeat"
     busy_slots: int = Field(ge=0)
@@ -133,8 +139,18 @@ class SamplingParams(_Message):
     frequency_penalty: float = 0.0
 
 
+class Resume(_Message):
+    """Continue a generation another miner started (request migration): ``text``
+    is what was already produced, ``tokens`` how many tokens that was. The
+    miner generates what follows, as if never interrupted."""
+
+    text: str
+    tokens: int = Field(ge=0)
+
+
 class TaskAssign(_Message):
-    """Run one generation. Exactly one of ``prompt`` or ``messages`` is set."""
+    """Run one generation. Exactly one of ``prompt`` or ``messages`` is set.
+    With ``resume``, ``sampling.max_tokens`` counts only the tokens still to come."""
 
     type: Literal["task"] = "task"
     task_id: TaskId
@@ -142,6 +158,7 @@ class TaskAssign(_Message):
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     sampling: SamplingParams
+    resume: Resume | None = None
 
 
 class TaskCancel(_Message):
@@ -186,7 +203,8 @@ class TaskFailed(_Message):
 
 
 MinerMessage = Annotated[
-    Register | Heartbeat | TaskChunk | TaskDone | TaskFailed, Field(discriminator="type")
+    Register | Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed,
+    Field(discriminator="type"),
 ]
 RouterMessage = Annotated[
     Registered | Refused | TaskAssign | TaskCancel, Field(discriminator="type")

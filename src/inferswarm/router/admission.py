@@ -9,6 +9,7 @@ with 429 and a ``Retry-After``, never dropped in silence.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from inferswarm.openai_compat.errors import RateLimited
 @dataclass(eq=False)
 class _Waiter:
     tenant: str
+    ticket: int
     woken: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -29,6 +31,7 @@ class WaitQueue:
         self.timeout_s = timeout_s
         self._tenants: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._count = 0
+        self._tickets = itertools.count()
         self.rejected = 0
         self.timed_out = 0
 
@@ -38,9 +41,12 @@ class WaitQueue:
     def depth_by_tenant(self) -> dict[str, int]:
         return {tenant: len(waiters) for tenant, waiters in self._tenants.items()}
 
-    async def wait(self, tenant: str, *, front: bool = False) -> None:
-        """Wait until capacity frees up; ``front`` keeps a woken waiter's place
-        when the slot it was woken for went to someone else."""
+    def ticket(self) -> int:
+        """A place in line, kept across waits so a waiter woken in vain keeps it."""
+        return next(self._tickets)
+
+    async def wait(self, tenant: str, ticket: int | None = None) -> None:
+        """Wait until capacity frees up, in ``ticket`` order within the tenant."""
         if self._count >= self.max_waiting:
             self.rejected += 1
             raise RateLimited(
@@ -49,8 +55,8 @@ class WaitQueue:
                 code="queue_full",
                 headers={"Retry-After": "2"},
             )
-        waiter = _Waiter(tenant)
-        self._enqueue(waiter, front)
+        waiter = _Waiter(tenant, self.ticket() if ticket is None else ticket)
+        self._enqueue(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.woken), self.timeout_s)
         except TimeoutError:
@@ -80,12 +86,12 @@ class WaitQueue:
                 return
             waiter.woken.set_result(None)
 
-    def _enqueue(self, waiter: _Waiter, front: bool) -> None:
+    def _enqueue(self, waiter: _Waiter) -> None:
         waiters = self._tenants.setdefault(waiter.tenant, deque())
-        if front:
-            waiters.appendleft(waiter)
-        else:
-            waiters.append(waiter)
+        position = len(waiters)
+        while position > 0 and waiters[position - 1].ticket > waiter.ticket:
+            position -= 1
+        waiters.insert(position, waiter)
         self._count += 1
 
     def _next(self) -> _Waiter | None:

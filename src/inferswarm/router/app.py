@@ -39,7 +39,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watchdog = asyncio.create_task(_expire_silent_miners(registry, settings))
+        watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         try:
             yield
         finally:
@@ -77,10 +77,13 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     return app
 
 
-async def _expire_silent_miners(registry: MinerRegistry, settings: RouterSettings) -> None:
+async def _expire_silent_miners(
+    registry: MinerRegistry, settings: RouterSettings, queue: WaitQueue
+) -> None:
     while True:
         await asyncio.sleep(min(1.0, settings.heartbeat_timeout_s / 4))
         try:
             await registry.expire_silent()
+            queue.wake(len(queue))  # bans expire with no event: let waiters look again
         except Exception:
             log.exception("expiring silent miners failed; will retry")

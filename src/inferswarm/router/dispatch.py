@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from inferswarm.openai_compat.errors import (
     APIError,
-    GatewayTimeout,
     InvalidRequest,
     ServiceUnavailable,
     UpstreamFailed,
@@ -28,6 +27,7 @@ from inferswarm.openai_compat.errors import (
 from inferswarm.protocol import (
     MinerId,
     ModelName,
+    Resume,
     SamplingParams,
     TaskAssign,
     TaskChunk,
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DispatchLimits:
     max_attempts: int = 3
+    """Miners tried before the first token reaches the client."""
+    max_migrations: int = 2
+    """Times a stream may move to another miner after its first token."""
     first_token_timeout_s: float = 120.0
     idle_timeout_s: float = 60.0
 
@@ -84,13 +87,19 @@ class Job:
             return self.prompt
         return "".join(f"<{m.role}>\n{m.content}\n" for m in self.messages or ())
 
-    def assign(self, task_id: TaskId) -> TaskAssign:
+    def assign(self, task_id: TaskId, resume: Resume | None = None) -> TaskAssign:
+        sampling = self.sampling
+        if resume is not None and sampling.max_tokens is not None:
+            sampling = sampling.model_copy(
+                update={"max_tokens": sampling.max_tokens - resume.tokens}
+            )
         return TaskAssign(
             task_id=task_id,
             model=self.model,
             prompt=self.prompt,
             messages=self.messages,
-            sampling=self.sampling,
+            sampling=sampling,
+            resume=resume,
         )
 
 
@@ -100,6 +109,22 @@ class _Retry(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Migrate(_Retry):
+    """This attempt failed after some output; continue it on another miner."""
+
+
+@dataclass
+class _Progress:
+    """What the client has already received, across miners."""
+
+    parts: list[str]
+    tokens: int = 0
+    migrations: int = 0
+
+    def resume(self) -> Resume | None:
+        return Resume(text="".join(self.parts), tokens=self.tokens) if self.parts else None
 
 
 @dataclass(frozen=True)
@@ -132,40 +157,92 @@ class Dispatcher:
         return self._policy
 
     async def run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """Yield the job's chunks, then a ``TaskDone`` with usage for the whole job.
+
+        Before the first token a failed miner is replaced (``max_attempts``);
+        after it, the stream migrates: another miner continues from the text
+        already sent, so the client sees one uninterrupted answer.
+        """
         tried: set[MinerId] = set()
         failures: list[str] = []
         text = job.prompt_text()
         placement = _Placement(min_prompt_tokens(text), prefix_blocks(text))
-        for _ in range(self._limits.max_attempts):
-            miner_id = await self._choose(job, placement, tried, failures)
-            tried.add(miner_id)
+        progress = _Progress(parts=[])
+        attempts = 0
+        lost_reason = ""
+        while True:
             try:
-                async with aclosing(self._attempt(job, placement, miner_id)) as events:
+                miner_id = await self._choose(job, placement, tried, failures)
+            except APIError as no_miner:
+                if not progress.migrations:
+                    raise
+                raise UpstreamFailed(
+                    f"{lost_reason}, and no miner could continue the stream: {no_miner.message}",
+                    code="miner_lost",
+                ) from None
+            tried.add(miner_id)
+            before = progress.tokens
+            try:
+                async with aclosing(
+                    self._attempt(job, placement, miner_id, progress.resume())
+                ) as events:
                     async for event in events:
-                        yield event
-                return
+                        if isinstance(event, TaskChunk):
+                            progress.parts.append(event.text)
+                            progress.tokens += event.tokens
+                            yield event
+                        else:
+                            yield _whole_job_usage(event, before)
+                            return
+            except _Migrate as lost:
+                self._registry.penalize(miner_id, lost.reason)
+                if progress.migrations >= self._limits.max_migrations:
+                    raise UpstreamFailed(
+                        f"{lost.reason}; the stream already moved {progress.migrations} times",
+                        code="miner_lost",
+                    ) from None
+                progress.migrations += 1
+                self._registry.migrations += 1
+                lost_reason = lost.reason
+                log.warning(
+                    "migrating a stream off %s after %d tokens: %s",
+                    miner_id,
+                    progress.tokens,
+                    lost.reason,
+                )
+                if (
+                    job.sampling.max_tokens is not None
+                    and progress.tokens >= job.sampling.max_tokens
+                ):
+                    yield _synthetic_done(progress)  # every token arrived; only the end was lost
+                    return
+                tried = {miner_id}  # only the lost miner is out; the ban keeps it out
             except _Retry as retry:
+                self._registry.penalize(miner_id, retry.reason)
                 log.warning("task on %s failed before output: %s", miner_id, retry.reason)
                 failures.append(retry.reason)
-        raise UpstreamFailed(
-            f"the request failed on {len(tried)} miners: {'; '.join(failures)}. "
-            "Retry later; if it keeps failing, check the miners' logs.",
-            code="miners_failed",
-        )
+                attempts += 1
+                if attempts >= self._limits.max_attempts:
+                    raise UpstreamFailed(
+                        f"the request failed on {len(tried)} miners: {'; '.join(failures)}. "
+                        "Retry later; if it keeps failing, check the miners' logs.",
+                        code="miners_failed",
+                    ) from None
 
     async def _choose(
         self, job: Job, placement: _Placement, tried: set[MinerId], failures: list[str]
     ) -> MinerId:
         # Arrivals queue behind tasks already waiting, so nobody jumps the line.
+        ticket = self._queue.ticket()
         if self._queue.has_waiters():
-            await self._queue.wait(job.tenant)
+            await self._queue.wait(job.tenant, ticket)
         while True:
             decision = self._decide(job, placement, tried)
             if decision.miner_id is not None:
                 return decision.miner_id
             if not decision.saturated:
                 break
-            await self._queue.wait(job.tenant, front=True)
+            await self._queue.wait(job.tenant, ticket)
         if failures:
             raise UpstreamFailed(
                 f"the request failed on {len(tried)} miners: {'; '.join(failures)}; "
@@ -195,9 +272,9 @@ class Dispatcher:
         return decision
 
     async def _attempt(
-        self, job: Job, placement: _Placement, miner_id: MinerId
+        self, job: Job, placement: _Placement, miner_id: MinerId, resume: Resume | None
     ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        task = job.assign(TaskId(f"task-{uuid.uuid4().hex}"))
+        task = job.assign(TaskId(f"task-{uuid.uuid4().hex}"), resume)
         expected = job.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
         queue = await self._registry.start_task(
             miner_id, task, expected_tokens=expected, prefix=placement.prefix, session=job.session
@@ -209,7 +286,9 @@ class Dispatcher:
                 timeout = (
                     self._limits.idle_timeout_s if produced else self._limits.first_token_timeout_s
                 )
-                event = await self._next_event(queue, timeout, produced, miner_id)
+                event = await self._next_event(
+                    queue, timeout, produced or resume is not None, miner_id
+                )
                 if isinstance(event, TaskChunk):
                     produced = True
                     yield event
@@ -219,7 +298,7 @@ class Dispatcher:
                     return
                 else:
                     finished = True
-                    raise _failure(event, produced)
+                    raise _failure(event, produced or resume is not None)
         finally:
             if not finished:  # client went away or the wait timed out: free the slot
                 self._registry.cancel_task(miner_id, task.task_id)
@@ -232,21 +311,32 @@ class Dispatcher:
         except TimeoutError:
             what = "the next token" if produced else "the first token"
             reason = f"miner {miner_id} sent no {what} within {wait_s:g} s"
-            if produced:
-                raise GatewayTimeout(reason, code="miner_timeout") from None
-            raise _Retry(reason) from None
+            raise (_Migrate if produced else _Retry)(reason) from None
 
 
 def _failure(event: TaskFailed | MinerLost, produced: bool) -> Exception:
     if isinstance(event, MinerLost):
-        if produced:
-            return UpstreamFailed(f"{event.reason} mid-stream", code="miner_lost")
-        return _Retry(event.reason)
+        return _Migrate(event.reason) if produced else _Retry(event.reason)
     if event.code == "context_length_exceeded":
         return InvalidRequest(event.message, param="messages", code=event.code)
     if event.code == "invalid_request":
         return InvalidRequest(event.message, code=event.code)
-    if event.retryable and not produced:
-        return _Retry(f"{event.code}: {event.message}")
+    if event.retryable:
+        reason = f"{event.code}: {event.message}"
+        return _Migrate(reason) if produced else _Retry(reason)
     error: APIError = UpstreamFailed(f"miner failed: {event.message}", code=event.code)
     return error
+
+
+def _whole_job_usage(done: TaskDone, tokens_before: int) -> TaskDone:
+    """The last miner counted only its own tokens; the client gets the whole job's."""
+    return done.model_copy(update={"completion_tokens": tokens_before + done.completion_tokens})
+
+
+def _synthetic_done(progress: _Progress) -> TaskDone:
+    return TaskDone(
+        task_id=TaskId("migrated"),
+        finish_reason="length",
+        prompt_tokens=0,
+        completion_tokens=progress.tokens,
+    )

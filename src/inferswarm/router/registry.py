@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from inferswarm.protocol import (
+    Draining,
     Heartbeat,
     MinerId,
     ModelName,
@@ -45,7 +46,20 @@ class MinerLost:
 
 TaskEvent = TaskChunk | TaskDone | TaskFailed | MinerLost
 
+BAN_BASE_S = 5.0
+BAN_MAX_S = 300.0
+"""A failing miner is banned for BAN_BASE_S, doubling on each repeat up to
+BAN_MAX_S (Petals' rule); a success after the ban resets it."""
+
 CapacityListener = Callable[[int], None]
+
+
+@dataclass
+class Ban:
+    until: float
+    duration: float
+
+
 """Told how many slots just became free (a task ended, a miner joined)."""
 
 
@@ -110,7 +124,7 @@ class MinerConnection:
     def miner_id(self) -> MinerId:
         return self.info.miner_id
 
-    def view(self) -> MinerView:
+    def view(self, quarantined: bool = False) -> MinerView:
         return MinerView(
             miner_id=self.miner_id,
             state=self.state,
@@ -119,6 +133,7 @@ class MinerConnection:
             busy=len(self.tasks),
             speed=self.speed.effective(),
             queued_tokens=sum(t.remaining_tokens for t in self.tasks.values()),
+            quarantined=quarantined,
         )
 
 
@@ -131,9 +146,23 @@ class MinerRegistry:
         self._capacity_listeners: list[CapacityListener] = []
         self.prefixes = PrefixIndex()
         self.sessions = SessionMap()
+        self.bans: dict[MinerId, Ban] = {}
+        self.migrations = 0
+
+    def is_banned(self, miner_id: MinerId, now: float | None = None) -> bool:
+        ban = self.bans.get(miner_id)
+        return ban is not None and ban.until > (self._clock() if now is None else now)
+
+    def penalize(self, miner_id: MinerId, reason: str) -> None:
+        """Ban a miner that failed a task; repeated failures double the ban."""
+        previous = self.bans.get(miner_id)
+        duration = BAN_BASE_S if previous is None else min(previous.duration * 2, BAN_MAX_S)
+        self.bans[miner_id] = Ban(until=self._clock() + duration, duration=duration)
+        log.warning("miner %s banned for %.0f s: %s", miner_id, duration, reason)
 
     def snapshot(self) -> Snapshot:
-        views = [conn.view() for conn in self._miners.values()]
+        now = self._clock()
+        views = [conn.view(self.is_banned(conn.miner_id, now)) for conn in self._miners.values()]
         return Snapshot.of(views, self.prefixes.view(), self.sessions.view())
 
     def on_capacity(self, listener: CapacityListener) -> None:
@@ -182,12 +211,18 @@ class MinerRegistry:
         conn.tasks.clear()
 
     def on_message(
-        self, conn: MinerConnection, message: Heartbeat | TaskChunk | TaskDone | TaskFailed
+        self,
+        conn: MinerConnection,
+        message: Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed,
     ) -> None:
         conn.last_seen = self._clock()
         if isinstance(message, Heartbeat):
             conn.heartbeat = message
             conn.last_heartbeat_at = conn.last_seen
+            return
+        if isinstance(message, Draining):
+            conn.state = MinerState.DRAINING
+            log.info("miner %s is draining: no new tasks", conn.miner_id)
             return
         task = conn.tasks.get(message.task_id)
         if task is None:
@@ -202,6 +237,9 @@ class MinerRegistry:
             if isinstance(message, TaskDone):
                 conn.completed += 1
                 conn.observe(task, message, conn.last_seen)
+                ban = self.bans.get(conn.miner_id)
+                if ban is not None and ban.until <= conn.last_seen:
+                    del self.bans[conn.miner_id]  # served well again: the next ban starts short
             else:
                 conn.failed += 1
             self._freed(1)

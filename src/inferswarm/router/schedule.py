@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -241,7 +241,13 @@ def _decide(
 ) -> Decision:
     eligible = [miner for miner in candidates if _eligible(task, miner)]
     if not eligible:
-        return Decision(None, _why_none(task, candidates))
+        # Bans expire: if only bans stand in the way, wait rather than fail.
+        banned_only = any(
+            _eligible(task, replace(miner, quarantined=False))
+            for miner in candidates
+            if miner.quarantined
+        )
+        return Decision(None, _why_none(task, candidates), saturated=banned_only)
     roomy = [miner for miner in eligible if miner.has_room]
     if not roomy:
         return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are full", True)

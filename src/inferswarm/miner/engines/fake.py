@@ -73,11 +73,12 @@ class FakeEngine:
             delay_first += prompt_tokens / self.config.prompt_tokens_per_s
         if delay_first:
             await asyncio.sleep(delay_first)
-        produced = min(limit, self.config.natural_length)
+        start = task.resume.tokens if task.resume else 0  # a migrated task goes on from there
+        produced = max(0, min(limit, self.config.natural_length - start))
         delay = 1 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
         loop = asyncio.get_running_loop()
         due = loop.time()
-        for index in range(produced):
+        for index in range(start, start + produced):
             if delay:
                 # Paced against a schedule, so overheads do not accumulate and the
                 # fake delivers exactly its configured speed.

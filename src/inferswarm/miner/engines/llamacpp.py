@@ -191,6 +191,10 @@ class LlamaCppEngine:
             tokens: list[int] = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         else:
             tokens = llm.tokenize((task.prompt or "").encode(), add_bos=True, special=False)
+        if task.resume is not None:
+            # A migrated task: what another miner already produced becomes part of
+            # the prompt, and generation goes on from the end of it.
+            tokens += llm.tokenize(task.resume.text.encode(), add_bos=False, special=False)
         limit = self.config.context_length
         wanted = task.sampling.max_tokens or 1
         if len(tokens) + wanted > limit:
@@ -320,4 +324,8 @@ def _decode_loop(
     rest = stops.flush()
     if rest:
         emit(_Piece(rest, unsent))
-    return _End(finish, len(prompt_tokens), produced)
+    resumed = task.resume.text if task.resume else ""
+    original = len(prompt_tokens) - (
+        len(llm.tokenize(resumed.encode(), add_bos=False)) if resumed else 0
+    )
+    return _End(finish, original, produced)
