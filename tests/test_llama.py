@@ -3,6 +3,7 @@ behind a real router, driven by the official openai client."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,60 @@ def test_miners_benchmark_once_and_report_measured_capability(llama_net: Network
     assert "using cached benchmark" in restarted.output()
     restarted.stop()
     llama_net.wait_miners(2, timeout=30)
+
+
+def test_a_real_stream_continues_on_another_miner_when_its_miner_is_killed(tmp_path: Path) -> None:
+    prompt = "The history of the Roman Empire begins"
+    with network(tmp_path) as net:
+        net.start_router()
+        first = net.start_miner(
+            "first",
+            "--threads",
+            "1",
+            "--ctx",
+            "1024",
+            "--cache-dir",
+            str(tmp_path),
+            engine="llamacpp",
+        )
+        net.wait_miners(1, timeout=120)
+        with openai.OpenAI(
+            base_url=net.base_url + "/v1", api_key="none", max_retries=0, timeout=120
+        ) as client:
+            whole = client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=40, temperature=0
+            )
+            net.start_miner(
+                "second",
+                "--threads",
+                "1",
+                "--ctx",
+                "1024",
+                "--cache-dir",
+                str(tmp_path),
+                engine="llamacpp",
+            )
+            net.wait_miners(2, timeout=120)
+            # Occupy nothing else: capacity_aware may pick either; kill whichever streams.
+            parts: list[str] = []
+            for chunk in client.completions.create(
+                model=MODEL,
+                prompt=prompt,
+                max_tokens=40,
+                temperature=0,
+                stream=True,
+                extra_body={"inferswarm": {"policy": "round_robin"}},
+            ):
+                if chunk.choices and chunk.choices[0].text:
+                    parts.append(chunk.choices[0].text)
+                    if len(parts) == 8:
+                        streaming = [m["name"] for m in net.miners() if m["busy"]]
+                        for proc in net.procs:
+                            if proc.name in streaming:
+                                proc.stop(signal.SIGKILL)
+        migrated = "".join(parts)
+        assert len(net.miners()) == 1
+        assert first is not None
+    # Greedy decoding continued from the text so far gives the same answer as
+    # the uninterrupted run: no text repeated, none missing.
+    assert migrated == whole.choices[0].text

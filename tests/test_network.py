@@ -410,3 +410,26 @@ def test_the_openapi_document_describes_the_api(net: Network) -> None:
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/miners"} <= paths.keys()
     body = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
     assert "messages" in body["schema"]["properties"]
+
+
+def test_sigterm_drains_a_miner_its_streams_finish_and_new_work_goes_elsewhere(
+    net: Network,
+) -> None:
+    net.start_router()
+    leaving = net.start_miner("leaving", "--fake-speed", "10", "--fake-output-tokens", "1000")
+    net.wait_miners(1)
+
+    def drain_the_streaming_miner() -> None:
+        net.start_miner("staying", "--fake-speed", "20", "--fake-output-tokens", "1000")
+        net.wait_miners(2)
+        leaving.popen.send_signal(signal.SIGTERM)
+        wait_until(lambda: by_name(net)["leaving"]["state"] == "draining", what="draining state")
+        assert (
+            chat(net, max_tokens=3).choices[0].message.content == " w0 w1 w2"
+        )  # served by 'staying'
+
+    text, usage = stream_text(net, 40, kill=drain_the_streaming_miner)
+    assert text == "".join(f" w{i}" for i in range(40))
+    assert leaving.popen.wait(15) == 0
+    assert by_name(net)["staying"]["completed"] == 1
+    assert usage is not None and usage.completion_tokens == 40

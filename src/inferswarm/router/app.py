@@ -68,7 +68,14 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
-        return {"status": "ok", "miners": len(registry.connections()), "version": __version__}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "miners": len(registry.connections()),
+            "queued": len(app.state.queue),
+            "migrations": registry.migrations,
+            "banned": sum(registry.is_banned(miner_id) for miner_id in registry.bans),
+        }
 
     @app.websocket("/miner/ws")
     async def miner_ws(websocket: WebSocket) -> None:

@@ -1,0 +1,149 @@
+"""Miners killed with SIGKILL at random while requests run.
+
+Four fake-engine miners; a driver kills one at random every N seconds
+(jittered) and restarts it. For each kill interval — and a calm baseline —
+the same mixed workload (streaming completions, non-streaming chat) runs and
+every answer is checked against what the fake engine must produce. Reported:
+success rate, requests lost or corrupted (must be 0), latency p50/p99 and what
+failover and migration added over the calm run.
+
+    python bench/chaos.py --requests 300 --intervals 10,5,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from chaos import Killer, run_requests
+from netutil import network
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("nan")
+
+
+def run_once(requests: int, concurrency: int, interval: float | None) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as workdir, network(Path(workdir)) as net:
+        net.start_router("--log-level", "error")
+        miner_args = {
+            f"chaos-{i}": (
+                "--fake-speed",
+                "100",
+                "--slots",
+                "4",
+                "--fake-output-tokens",
+                "1000",
+                "--data-dir",
+                str(Path(workdir) / f"miner-{i}"),
+                "--log-level",
+                "error",
+            )
+            for i in range(4)
+        }
+        for name, args in miner_args.items():
+            net.start_miner(name, *args)
+        net.wait_miners(4)
+        started = time.perf_counter()
+        if interval is None:
+            results, kills = run_requests(net, requests, concurrency), 0
+        else:
+            with Killer(net, miner_args, interval_s=interval, seed=11) as killer:
+                results = run_requests(net, requests, concurrency)
+            kills = killer.kills
+        elapsed = time.perf_counter() - started
+        health = httpx.get(net.base_url + "/healthz", timeout=5).json()
+    latencies = [r.latency_s for r in results if r.ok]
+    return {
+        "kill_interval_s": interval,
+        "requests": len(results),
+        "ok": sum(r.ok for r in results),
+        "lost_or_corrupted": sum(not r.ok for r in results),
+        "success_rate": sum(r.ok for r in results) / len(results),
+        "kills": kills,
+        "migrations": health["migrations"],
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p99_s": percentile(latencies, 0.99),
+        "elapsed_s": elapsed,
+        "errors": sorted({r.error[:120] for r in results if not r.ok})[:5],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--concurrency", type=int, default=12)
+    parser.add_argument("--intervals", default="10,5,2", help="seconds between kills")
+    parser.add_argument("--output", type=Path, default=RESULTS / "chaos.json")
+    args = parser.parse_args()
+    console = Console(width=130)
+    rows = []
+    for interval in [None, *(float(x) for x in args.intervals.split(","))]:
+        console.print(
+            f"running {'calm baseline' if interval is None else f'kill every {interval:g} s'} …"
+        )
+        rows.append(run_once(args.requests, args.concurrency, interval))
+    calm = rows[0]
+    table = Table(
+        title=f"Chaos: 4 fake miners, {args.requests} requests per run, concurrency {args.concurrency}"
+    )
+    for column in (
+        "kill every",
+        "kills",
+        "migrations",
+        "success",
+        "lost/corrupted",
+        "p50 s",
+        "p99 s",
+        "added p50",
+        "added p99",
+    ):
+        table.add_column(column, justify="right")
+    for row in rows:
+        interval = row["kill_interval_s"]
+        table.add_row(
+            "never" if interval is None else f"{interval:g} s",
+            str(row["kills"]),
+            str(row["migrations"]),
+            f"{row['success_rate']:.1%}",
+            str(row["lost_or_corrupted"]),
+            f"{row['p50_s']:.3f}",
+            f"{row['p99_s']:.3f}",
+            f"{row['p50_s'] - calm['p50_s']:+.3f}",
+            f"{row['p99_s'] - calm['p99_s']:+.3f}",  # type: ignore[operator]
+        )
+    console.print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {
+                "benchmark": "chaos",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"platform": platform.platform(), "python": platform.python_version()},
+                "settings": {"requests": args.requests, "concurrency": args.concurrency},
+                "results": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
