@@ -207,3 +207,9 @@ def test_speed_curve_interpolates_and_flattens() -> None:
     assert speed.aggregate(9) == 150
     assert speed.per_sequence(5) == 30
     assert Speed(prompt=100, generation=10).aggregate(4) == 40  # unmeasured batch: no contention
+
+
+def test_banned_miners_are_avoided_but_used_when_nobody_else_can_serve() -> None:
+    banned = replace(miner("a", speed=100), banned=True)
+    assert pick(banned, miner("b", speed=10), policy=Policy.CAPACITY_AWARE, max_tokens=10) == "b"
+    assert pick(banned, policy=Policy.CAPACITY_AWARE, max_tokens=10) == "a"

@@ -124,7 +124,7 @@ class MinerConnection:
     def miner_id(self) -> MinerId:
         return self.info.miner_id
 
-    def view(self, quarantined: bool = False) -> MinerView:
+    def view(self, banned: bool = False) -> MinerView:
         return MinerView(
             miner_id=self.miner_id,
             state=self.state,
@@ -133,7 +133,7 @@ class MinerConnection:
             busy=len(self.tasks),
             speed=self.speed.effective(),
             queued_tokens=sum(t.remaining_tokens for t in self.tasks.values()),
-            quarantined=quarantined,
+            banned=banned,
         )
 
 
@@ -155,9 +155,14 @@ class MinerRegistry:
 
     def penalize(self, miner_id: MinerId, reason: str) -> None:
         """Ban a miner that failed a task; repeated failures double the ban."""
+        now = self._clock()
         previous = self.bans.get(miner_id)
-        duration = BAN_BASE_S if previous is None else min(previous.duration * 2, BAN_MAX_S)
-        self.bans[miner_id] = Ban(until=self._clock() + duration, duration=duration)
+        # Doubling is for failures in a row: long after the last ban, start short again.
+        if previous is None or now - previous.until > 2 * previous.duration:
+            duration = BAN_BASE_S
+        else:
+            duration = min(previous.duration * 2, BAN_MAX_S)
+        self.bans[miner_id] = Ban(until=now + duration, duration=duration)
         log.warning("miner %s banned for %.0f s: %s", miner_id, duration, reason)
 
     def snapshot(self) -> Snapshot:

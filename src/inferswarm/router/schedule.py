@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -96,6 +96,9 @@ class MinerView:
     queued_tokens: int = 0
     """Expected tokens still to generate for the tasks already on this miner."""
     quarantined: bool = False
+    """Excluded outright (reputation)."""
+    banned: bool = False
+    """Failed recently: used only when no miner that is not banned can take the task."""
 
     @property
     def load(self) -> float:
@@ -241,13 +244,10 @@ def _decide(
 ) -> Decision:
     eligible = [miner for miner in candidates if _eligible(task, miner)]
     if not eligible:
-        # Bans expire: if only bans stand in the way, wait rather than fail.
-        banned_only = any(
-            _eligible(task, replace(miner, quarantined=False))
-            for miner in candidates
-            if miner.quarantined
-        )
-        return Decision(None, _why_none(task, candidates), saturated=banned_only)
+        return Decision(None, _why_none(task, candidates))
+    # A ban steers work away from a miner that just failed; when every miner is
+    # banned (a flapping network), serving beats stalling.
+    eligible = [miner for miner in eligible if not miner.banned] or eligible
     roomy = [miner for miner in eligible if miner.has_room]
     if not roomy:
         return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are full", True)
