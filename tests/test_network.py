@@ -433,3 +433,20 @@ def test_sigterm_drains_a_miner_its_streams_finish_and_new_work_goes_elsewhere(
     assert leaving.popen.wait(15) == 0
     assert by_name(net)["staying"]["completed"] == 1
     assert usage is not None and usage.completion_tokens == 40
+
+
+def test_a_stream_that_stops_making_progress_moves_to_another_miner(net: Network) -> None:
+    net.start_router("--idle-timeout", "2")
+    net.start_miner("hung", "--fake-speed", "20", "--fake-stall-after", "5", "--fake-output-tokens", "1000")
+    net.wait_miners(1)
+
+    def add_a_healthy_miner() -> None:
+        net.start_miner("healthy", "--fake-speed", "20", "--fake-output-tokens", "1000")
+        net.wait_miners(2)
+
+    started = time.monotonic()
+    text, usage = stream_text(net, 12, kill=add_a_healthy_miner)
+    assert text == "".join(f" w{i}" for i in range(12))
+    assert usage is not None and usage.completion_tokens == 12
+    assert time.monotonic() - started < 10
+    assert by_name(net)["healthy"]["completed"] == 1

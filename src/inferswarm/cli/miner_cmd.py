@@ -43,6 +43,7 @@ class EngineOptions:
     fake_prompt_speed: float = 0.0
     fake_claim_speed: float | None = None
     fake_output_tokens: int = 24
+    fake_stall_after: int | None = None
 
 
 class EngineKind(StrEnum):
@@ -126,6 +127,12 @@ def miner(
             envvar="INFERSWARM_CACHE_DIR",
         ),
     ] = None,
+    fake_stall_after: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Fake engine hangs after this many tokens (tests stall detection)."
+        ),
+    ] = None,
     fake_output_tokens: Annotated[
         int, typer.Option(min=1, help="Fake engine answer length when max_tokens allows.")
     ] = 24,
@@ -165,6 +172,7 @@ def miner(
         fake_prompt_speed,
         fake_claim_speed,
         fake_output_tokens,
+        fake_stall_after,
     )
     cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
@@ -267,6 +275,7 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
             prompt_tokens_per_s=o.fake_prompt_speed,
             claimed_tokens_per_s=o.fake_claim_speed,
             natural_length=o.fake_output_tokens,
+            stall_after=o.fake_stall_after,
             latency_s=o.fake_latency,
             failure_rate=o.fake_failure_rate,
             context_length=o.ctx,

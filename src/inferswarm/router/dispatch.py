@@ -55,6 +55,11 @@ from inferswarm.router.schedule import (
 log = logging.getLogger(__name__)
 
 
+MIN_PROGRESS_DEADLINE_S = 10.0
+PROGRESS_DEADLINE_TOKENS = 100
+"""A stream that stalls for this many of its miner's token times has stalled."""
+
+
 @dataclass(frozen=True)
 class DispatchLimits:
     max_attempts: int = 3
@@ -281,11 +286,10 @@ class Dispatcher:
         )
         produced = False
         finished = False
+        idle_deadline = self._progress_deadline(miner_id)
         try:
             while True:
-                timeout = (
-                    self._limits.idle_timeout_s if produced else self._limits.first_token_timeout_s
-                )
+                timeout = idle_deadline if produced else self._limits.first_token_timeout_s
                 event = await self._next_event(
                     queue, timeout, produced or resume is not None, miner_id
                 )
@@ -302,6 +306,20 @@ class Dispatcher:
         finally:
             if not finished:  # client went away or the wait timed out: free the slot
                 self._registry.cancel_task(miner_id, task.task_id)
+
+    def _progress_deadline(self, miner_id: MinerId) -> float:
+        """Seconds a stream may go without a token on this miner: many times its
+        measured time per token, never below a floor (prompt work of other
+        sequences can pause it) nor above the configured limit."""
+        conn = self._registry.get(miner_id)
+        speed = conn.speed.effective() if conn is not None else None
+        if speed is None:
+            return self._limits.idle_timeout_s
+        per_token_s = 1 / speed.per_sequence(conn.info.slots if conn else 1)
+        return min(
+            self._limits.idle_timeout_s,
+            max(MIN_PROGRESS_DEADLINE_S, PROGRESS_DEADLINE_TOKENS * per_token_s),
+        )
 
     async def _next_event(
         self, queue: asyncio.Queue[TaskEvent], wait_s: float, produced: bool, miner_id: MinerId

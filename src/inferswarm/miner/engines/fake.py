@@ -15,6 +15,7 @@ from inferswarm.miner.engines.base import TaskRejected
 from inferswarm.protocol import Capability, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
 
 FAKE_MODEL = "fake-model"
+HUNG_S = 3600.0
 UNLIMITED_TOKENS_PER_S = 1e6
 """Reported for a fake configured with no delay."""
 
@@ -24,6 +25,8 @@ class FakeEngineConfig:
     model: str = FAKE_MODEL
     tokens_per_s: float = 0.0  # per sequence; 0 = as fast as possible
     prompt_tokens_per_s: float = 0.0  # 0 = prompts cost nothing
+    stall_after: int | None = None
+    """Stop producing after this many tokens while staying connected: a hung engine."""
     claimed_tokens_per_s: float | None = None
     """Report this generation speed instead of the true one: a lying miner."""
     latency_s: float = 0.0
@@ -84,6 +87,8 @@ class FakeEngine:
                 # fake delivers exactly its configured speed.
                 due += delay
                 await asyncio.sleep(max(0.0, due - loop.time()))
+            if index == self.config.stall_after:
+                await asyncio.sleep(HUNG_S)
             yield TaskChunk(task_id=task.task_id, text=f" w{index}", tokens=1)
         finish = "length" if produced == limit else "stop"
         yield TaskDone(
