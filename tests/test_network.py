@@ -437,7 +437,9 @@ def test_sigterm_drains_a_miner_its_streams_finish_and_new_work_goes_elsewhere(
 
 def test_a_stream_that_stops_making_progress_moves_to_another_miner(net: Network) -> None:
     net.start_router("--idle-timeout", "2")
-    net.start_miner("hung", "--fake-speed", "20", "--fake-stall-after", "5", "--fake-output-tokens", "1000")
+    net.start_miner(
+        "hung", "--fake-speed", "20", "--fake-stall-after", "5", "--fake-output-tokens", "1000"
+    )
     net.wait_miners(1)
 
     def add_a_healthy_miner() -> None:
