@@ -452,3 +452,29 @@ def test_a_stream_that_stops_making_progress_moves_to_another_miner(net: Network
     assert usage is not None and usage.completion_tokens == 12
     assert time.monotonic() - started < 10
     assert by_name(net)["healthy"]["completed"] == 1
+
+
+def test_sigterm_to_the_router_finishes_streams_refuses_new_work_then_exits(net: Network) -> None:
+    router = net.start_router()
+    net.start_miner("m1", "--fake-speed", "10", "--fake-output-tokens", "1000")
+    net.wait_miners(1)
+    refused: dict[str, Any] = {}
+
+    def stop_the_router() -> None:
+        router.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+        response = httpx.post(net.base_url + "/v1/chat/completions", json=body, timeout=10)
+        refused.update(
+            status=response.status_code,
+            body=response.json(),
+            retry=response.headers.get("Retry-After"),
+        )
+
+    text, usage = stream_text(net, 20, kill=stop_the_router)
+    assert text == "".join(f" w{i}" for i in range(20))
+    assert refused["status"] == 503 and refused["retry"]
+    assert refused["body"]["error"]["code"] == "router_draining"
+    # uvicorn re-raises the signal once shut down, as a well-behaved server does.
+    assert router.popen.wait(15) in (0, -signal.SIGTERM)
+    assert "Traceback" not in router.output()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 
 from inferswarm.cli.common import setup_logging
-from inferswarm.router.app import create_app
+from inferswarm.router.app import create_app, drain
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
 from inferswarm.router.settings import RouterSettings
@@ -73,6 +76,10 @@ def router(
     max_attempts: Annotated[
         int, typer.Option(help="Miners tried per request before giving up.")
     ] = 3,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(min=0, help="On SIGTERM, seconds in-flight requests may take to finish."),
+    ] = 30.0,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
@@ -97,8 +104,9 @@ def router(
             idle_timeout_s=idle_timeout,
         ),
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -106,8 +114,32 @@ def router(
         ws_ping_interval=10,
         ws_ping_timeout=20,
     )
+    DrainingServer(config, app, drain_timeout).run()
 
 
 def _split_keys(values: list[str] | None) -> frozenset[str]:
     """Keys from repeated flags or a comma-separated environment variable."""
     return frozenset(k.strip() for value in values or [] for k in value.split(",") if k.strip())
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM or Ctrl-C: refuse new requests, let those in flight finish
+    (bounded), then stop. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_timeout = drain_timeout
+        self._draining: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+
+        async def drain_then_exit() -> None:
+            await drain(self._app, self._drain_timeout)
+            super(DrainingServer, self).handle_exit(sig, frame)
+
+        loop = asyncio.get_event_loop()
+        self._draining = loop.create_task(drain_then_exit())

@@ -17,6 +17,7 @@ from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import completions, miners, models
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
+from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
 from inferswarm.router.dispatch import Dispatcher
 from inferswarm.router.gateway import serve_miner
@@ -60,8 +61,10 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.dispatcher = Dispatcher(registry, settings.policy, settings.limits, app.state.queue)
     app.state.clock = deps.clock
     app.state.started_at = time.time()
+    app.state.draining = False
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
     for api in (completions.router, models.router, miners.router):
         app.include_router(api, dependencies=authed)
@@ -94,3 +97,12 @@ async def _expire_silent_miners(
             queue.wake(len(queue))  # bans expire with no event: let waiters look again
         except Exception:
             log.exception("expiring silent miners failed; will retry")
+
+
+async def drain(app: FastAPI, timeout_s: float) -> None:
+    """Stop taking requests and wait (at most ``timeout_s``) for those in flight."""
+    app.state.draining = True
+    dispatcher: Dispatcher = app.state.dispatcher
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(dispatcher.idle.wait(), timeout_s)
+    log.info("router drained; %d request(s) still in flight", dispatcher.in_flight)

@@ -155,6 +155,9 @@ class Dispatcher:
         self._queue = queue
         self._seeds = seeds or random.Random()
         self._sequence = itertools.count()
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
         registry.on_capacity(queue.wake)
 
     @property
@@ -162,7 +165,20 @@ class Dispatcher:
         return self._policy
 
     async def run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        """Yield the job's chunks, then a ``TaskDone`` with usage for the whole job.
+        """Yield the job's chunks, then a ``TaskDone`` with usage for the whole job."""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            async with aclosing(self._run(job)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+    async def _run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """The job's chunks and its ``TaskDone``.
 
         Before the first token a failed miner is replaced (``max_attempts``);
         after it, the stream migrates: another miner continues from the text
