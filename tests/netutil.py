@@ -47,6 +47,7 @@ class Network:
     """A router and its miners as real processes; everything stops on exit."""
 
     workdir: Path
+    host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     api_key: str | None = None
     procs: list[Proc] = field(default_factory=list)
@@ -54,18 +55,18 @@ class Network:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def spawn(self, name: str, *args: str) -> Proc:
+    def spawn(self, name: str, *args: str, prefix: tuple[str, ...] = ()) -> Proc:
         log = self.workdir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("INFERSWARM_API_KEYS", None)
         with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
             popen = subprocess.Popen(
-                [sys.executable, "-m", "inferswarm", *args],
+                [*prefix, sys.executable, "-m", "inferswarm", *args],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -76,17 +77,26 @@ class Network:
         return proc
 
     def start_router(self, *extra: str) -> Proc:
-        args = ["router", "--port", str(self.port), "--data-dir", str(self.workdir / "router")]
+        args = [
+            "router",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.workdir / "router"),
+        ]
         if self.api_key:
             args += ["--api-key", self.api_key]
         self.router = self.spawn("router", *args, *extra)
         self.wait_http("/healthz")
         return self.router
 
-    def start_miner(self, name: str, *extra: str, engine: str = "fake") -> Proc:
-        return self.spawn(
-            name, "miner", "--router", self.base_url, "--engine", engine, "--name", name, *extra
-        )
+    def start_miner(
+        self, name: str, *extra: str, engine: str = "fake", prefix: tuple[str, ...] = ()
+    ) -> Proc:
+        args = ("miner", "--router", self.base_url, "--engine", engine, "--name", name, *extra)
+        return self.spawn(name, *args, prefix=prefix)
 
     def wait_http(self, path: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -471,7 +471,7 @@ def test_sigterm_to_the_router_finishes_streams_refuses_new_work_then_exits(net:
             retry=response.headers.get("Retry-After"),
         )
 
-    text, usage = stream_text(net, 20, kill=stop_the_router)
+    text, _ = stream_text(net, 20, kill=stop_the_router)
     assert text == "".join(f" w{i}" for i in range(20))
     assert refused["status"] == 503 and refused["retry"]
     assert refused["body"]["error"]["code"] == "router_draining"
