@@ -478,3 +478,21 @@ def test_sigterm_to_the_router_finishes_streams_refuses_new_work_then_exits(net:
     # uvicorn re-raises the signal once shut down, as a well-behaved server does.
     assert router.popen.wait(15) in (0, -signal.SIGTERM)
     assert "Traceback" not in router.output()
+
+
+def test_a_hedged_request_takes_the_first_answer_and_cancels_the_other(net: Network) -> None:
+    net.start_router("--hedge-delay", "0.5")
+    # 'stuck' claims to be fast, so it is chosen first, then sits on the first token.
+    net.start_miner("stuck", "--fake-latency", "30", "--fake-claim-speed", "100000")
+    net.start_miner("quick", "--fake-speed", "100")
+    net.wait_miners(2)
+    started = time.monotonic()
+    reply = chat(net, max_tokens=3, extra_body={"inferswarm": {"hedge": True}})
+    assert reply.choices[0].message.content == " w0 w1 w2"
+    assert time.monotonic() - started < 5
+    wait_until(
+        lambda: by_name(net)["stuck"]["busy"] == 0,
+        timeout=2,
+        what="the losing copy to be cancelled",
+    )
+    assert httpx.get(net.base_url + "/healthz").json()["hedges"] == 1

@@ -76,6 +76,17 @@ def router(
     max_attempts: Annotated[
         int, typer.Option(help="Miners tried per request before giving up.")
     ] = 3,
+    hedge: Annotated[
+        bool,
+        typer.Option(
+            "--hedge/--no-hedge",
+            help="Duplicate a task on another miner when its first token is later than its tier's p95 TTFT "
+            "(per request: extra_body={'inferswarm': {'hedge': true}}).",
+        ),
+    ] = False,
+    hedge_delay: Annotated[
+        float, typer.Option(min=0.01, help="Hedging delay until a tier has enough TTFT samples.")
+    ] = 2.0,
     drain_timeout: Annotated[
         float,
         typer.Option(min=0, help="On SIGTERM, seconds in-flight requests may take to finish."),
@@ -96,12 +107,14 @@ def router(
         api_keys=keys,
         admin_keys=_split_keys(admin_key),
         max_queue=max_queue,
+        hedge=hedge,
         queue_timeout_s=queue_timeout,
         heartbeat_timeout_s=heartbeat_timeout,
         limits=DispatchLimits(
             max_attempts=max_attempts,
             first_token_timeout_s=first_token_timeout,
             idle_timeout_s=idle_timeout,
+            hedge_delay_s=hedge_delay,
         ),
     )
     app = create_app(settings)

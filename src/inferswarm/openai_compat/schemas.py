@@ -26,6 +26,7 @@ class InferswarmOptions(BaseModel):
 
     policy: str | None = None
     session: str | None = Field(default=None, max_length=256)
+    hedge: bool | None = None
 
 
 class _Request(BaseModel):

@@ -77,6 +77,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             "miners": len(registry.connections()),
             "queued": len(app.state.queue),
             "migrations": registry.migrations,
+            "hedges": registry.hedges,
             "banned": sum(registry.is_banned(miner_id) for miner_id in registry.bans),
         }
 

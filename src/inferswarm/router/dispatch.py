@@ -10,6 +10,7 @@ wait is bounded, so no request hangs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -66,6 +67,8 @@ class DispatchLimits:
     """Miners tried before the first token reaches the client."""
     max_migrations: int = 2
     """Times a stream may move to another miner after its first token."""
+    hedge_delay_s: float = 2.0
+    """Hedging delay while a tier has too few TTFT samples for a p95."""
     first_token_timeout_s: float = 120.0
     idle_timeout_s: float = 60.0
 
@@ -85,6 +88,7 @@ class Job:
     tenant: str = "anonymous"
     session: str | None = None
     policy: Policy | None = None
+    hedge: bool = False
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""
@@ -204,9 +208,13 @@ class Dispatcher:
             tried.add(miner_id)
             before = progress.tokens
             try:
-                async with aclosing(
-                    self._attempt(job, placement, miner_id, progress.resume())
-                ) as events:
+                resume = progress.resume()
+                attempt = (
+                    self._hedged(job, placement, miner_id, tried)
+                    if job.hedge and resume is None
+                    else self._attempt(job, placement, miner_id, resume)
+                )
+                async with aclosing(attempt) as events:
                     async for event in events:
                         if isinstance(event, TaskChunk):
                             progress.parts.append(event.text)
@@ -323,6 +331,35 @@ class Dispatcher:
             if not finished:  # client went away or the wait timed out: free the slot
                 self._registry.cancel_task(miner_id, task.task_id)
 
+    async def _hedged(
+        self, job: Job, placement: _Placement, miner_id: MinerId, tried: set[MinerId]
+    ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """Run on ``miner_id``; if no first token comes within the p95 TTFT of its
+        tier, start a duplicate on another miner and keep whichever answers
+        first. The other is cancelled, so its slot frees at once."""
+        primary = self._attempt(job, placement, miner_id, None)
+        racers: dict[
+            asyncio.Future[TaskChunk | TaskDone], AsyncGenerator[TaskChunk | TaskDone, None]
+        ] = {asyncio.ensure_future(anext(primary)): primary}
+        await asyncio.wait(
+            racers, timeout=self._registry.hedge_delay_s(miner_id, self._limits.hedge_delay_s)
+        )
+        if not any(future.done() for future in racers):
+            decision = self._decide(job, placement, tried | {miner_id})
+            if decision.miner_id is not None:
+                tried.add(decision.miner_id)
+                backup = self._attempt(job, placement, decision.miner_id, None)
+                racers[asyncio.ensure_future(anext(backup))] = backup
+                self._registry.hedges += 1
+                log.info("hedging a slow first token on %s with %s", miner_id, decision.miner_id)
+        first, winner = await _first_answer(racers)
+        try:
+            yield first
+            async for event in winner:
+                yield event
+        finally:
+            await winner.aclose()
+
     def _progress_deadline(self, miner_id: MinerId) -> float:
         """Seconds a stream may go without a token on this miner: many times its
         measured time per token, never below a floor (prompt work of other
@@ -360,6 +397,32 @@ def _failure(event: TaskFailed | MinerLost, produced: bool) -> Exception:
         return _Migrate(reason) if produced else _Retry(reason)
     error: APIError = UpstreamFailed(f"miner failed: {event.message}", code=event.code)
     return error
+
+
+async def _first_answer(
+    racers: dict[asyncio.Future[TaskChunk | TaskDone], AsyncGenerator[TaskChunk | TaskDone, None]],
+) -> tuple[TaskChunk | TaskDone, AsyncGenerator[TaskChunk | TaskDone, None]]:
+    """The first racer to produce an event wins; racers that fail drop out;
+    if all fail, the last failure is raised. Losers are cancelled."""
+    pending = dict(racers)
+    failure: BaseException | None = None
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                generator = pending.pop(future)
+                if future.exception() is None:
+                    return future.result(), generator
+                failure = future.exception()
+                await generator.aclose()
+        assert failure is not None
+        raise failure
+    finally:
+        for future, generator in pending.items():
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                await future
+            await generator.aclose()
 
 
 def _whole_job_usage(done: TaskDone, tokens_before: int) -> TaskDone:

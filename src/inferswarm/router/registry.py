@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,10 @@ BAN_BASE_S = 5.0
 BAN_MAX_S = 300.0
 """A failing miner is banned for BAN_BASE_S, doubling on each repeat up to
 BAN_MAX_S (Petals' rule); a success after the ban resets it."""
+
+TTFT_WINDOW = 500
+MIN_TTFT_SAMPLES = 20
+"""TTFTs kept per tier for the hedging delay, and how many it needs."""
 
 CapacityListener = Callable[[int], None]
 
@@ -148,6 +153,17 @@ class MinerRegistry:
         self.sessions = SessionMap()
         self.bans: dict[MinerId, Ban] = {}
         self.migrations = 0
+        self.hedges = 0
+        self._ttft_by_tier: dict[int, deque[float]] = {}
+
+    def hedge_delay_s(self, miner_id: MinerId, default_s: float) -> float:
+        """The p95 time to first token of this miner's tier, once there are enough samples."""
+        conn = self._miners.get(miner_id)
+        samples = self._ttft_by_tier.get(conn.tier, deque()) if conn else deque()
+        if len(samples) < MIN_TTFT_SAMPLES:
+            return default_s
+        ordered = sorted(samples)
+        return ordered[int(len(ordered) * 0.95)]
 
     def is_banned(self, miner_id: MinerId, now: float | None = None) -> bool:
         ban = self.bans.get(miner_id)
@@ -242,6 +258,9 @@ class MinerRegistry:
             if isinstance(message, TaskDone):
                 conn.completed += 1
                 conn.observe(task, message, conn.last_seen)
+                if task.first_token_at is not None:
+                    ttfts = self._ttft_by_tier.setdefault(conn.tier, deque(maxlen=TTFT_WINDOW))
+                    ttfts.append(task.first_token_at - task.started_at)
                 ban = self.bans.get(conn.miner_id)
                 if ban is not None and ban.until <= conn.last_seen:
                     del self.bans[conn.miner_id]  # served well again: the next ban starts short

@@ -18,6 +18,7 @@ class RouterSettings:
     api_keys: frozenset[str] = frozenset()
     admin_keys: frozenset[str] = frozenset()
     max_queue: int = 256
+    hedge: bool = False
     queue_timeout_s: float = 60.0
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0

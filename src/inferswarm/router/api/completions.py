@@ -90,7 +90,15 @@ def _job(
         tenant=request.state.tenant,
         session=body.session_key(),
         policy=_policy_override(body, request),
+        hedge=_wants_hedge(body, request),
     )
+
+
+def _wants_hedge(
+    body: schemas.ChatCompletionRequest | schemas.CompletionRequest, request: Request
+) -> bool:
+    asked = body.inferswarm.hedge if body.inferswarm else None
+    return bool(request.app.state.settings.hedge if asked is None else asked)
 
 
 def _policy_override(
