@@ -7,6 +7,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -100,3 +101,37 @@ def run_requests(net: Network, count: int, concurrency: int) -> list[Result]:
     ):
         futures = [pool.submit(one_request, api, i, i % 2 == 0) for i in range(count)]
         return [f.result() for f in futures]
+
+
+@dataclass
+class LinkCutter:
+    """Cuts a namespace's link (no socket is closed) for ``down_s`` every
+    ``interval_s`` (jittered), then restores it."""
+
+    cut: Callable[[], None]
+    restore: Callable[[], None]
+    interval_s: float
+    down_s: float
+    seed: int = 0
+    cuts: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> LinkCutter:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        self.restore()
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)
+        while not self._stop.wait(self.interval_s * rng.uniform(0.5, 1.5)):
+            self.cut()
+            self.cuts += 1
+            self._stop.wait(self.down_s)
+            self.restore()

@@ -110,3 +110,16 @@ def test_a_bad_frame_closes_only_that_connection() -> None:
                 bad.receive_text()  # the router closes it
         names = [m["name"] for m in client.get("/v1/miners").json()["data"]]
         assert names == ["fuzz"]
+
+
+def test_a_miner_flooding_frames_does_not_disturb_the_router() -> None:
+    app = create_app(RouterSettings())
+    with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
+        ws.send_text(json.dumps(REGISTER))
+        ws.receive_text()
+        beat = json.dumps({"type": "heartbeat", "busy_slots": 0, "queued_tasks": 0})
+        spoof = json.dumps({"type": "chunk", "task_id": "nobody", "text": "x" * 1000, "tokens": 1})
+        for index in range(5000):
+            ws.send_text(beat if index % 2 else spoof)
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert client.get("/v1/miners").json()["data"][0]["generated_tokens"] == 0

@@ -56,6 +56,7 @@ from inferswarm.router.schedule import (
 log = logging.getLogger(__name__)
 
 
+RETRY_BACKOFF_S = 0.05
 MIN_PROGRESS_DEADLINE_S = 10.0
 PROGRESS_DEADLINE_TOKENS = 100
 """A stream that stalls for this many of its miner's token times has stalled."""
@@ -257,6 +258,8 @@ class Dispatcher:
                         "Retry later; if it keeps failing, check the miners' logs.",
                         code="miners_failed",
                     ) from None
+                # Back off a little, doubling, so a failing network is not hammered.
+                await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempts - 1))
 
     async def _choose(
         self, job: Job, placement: _Placement, tried: set[MinerId], failures: list[str]
