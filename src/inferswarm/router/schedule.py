@@ -24,7 +24,7 @@ from types import MappingProxyType
 
 from inferswarm.protocol import MinerId, ModelName
 
-SAMPLE_SIZE = 32
+SAMPLE_SIZE = 24
 QUEUED_PER_SLOT = 2
 """Tasks a miner may hold waiting, per slot, beyond those it runs. A short
 queue on each miner lets a fast miner take more work than it has slots
@@ -70,9 +70,9 @@ class Speed:
         With one, the total is interpolated linearly between one sequence and
         the batch, and flat beyond it (more sequences only share that speed).
         """
-        running = max(1, sequences)
         if self.batched_generation is None:
-            return self.generation * running
+            return self.generation * (sequences if sequences > 1 else 1)
+        running = max(1, sequences)
         if self.batched_sequences <= 1:
             return self.generation
         share = min(running, self.batched_sequences) - 1
@@ -80,6 +80,8 @@ class Speed:
         return self.generation + (self.batched_generation - self.generation) * share / span
 
     def per_sequence(self, sequences: int) -> float:
+        if self.batched_generation is None:
+            return self.generation  # sequences do not slow each other
         return self.aggregate(sequences) / max(1, sequences)
 
 
@@ -242,15 +244,22 @@ def _decide(
     policy: Policy,
     rng: random.Random,
 ) -> Decision:
-    eligible = [miner for miner in candidates if _eligible(task, miner)]
+    # One pass (the hot path): miners with room, trusted ones apart from those
+    # banned for a recent failure, which serve only when nobody else can.
+    trusted: list[MinerView] = []
+    banned: list[MinerView] = []
+    eligible = 0
+    limit = 1 + QUEUED_PER_SLOT
+    for miner in candidates:
+        if _eligible(task, miner):
+            eligible += 1
+            if miner.busy < miner.slots * limit:
+                (banned if miner.banned else trusted).append(miner)
     if not eligible:
         return Decision(None, _why_none(task, candidates))
-    # A ban steers work away from a miner that just failed; when every miner is
-    # banned (a flapping network), serving beats stalling.
-    eligible = [miner for miner in eligible if not miner.banned] or eligible
-    roomy = [miner for miner in eligible if miner.has_room]
+    roomy = trusted or banned
     if not roomy:
-        return Decision(None, f"all {len(eligible)} miners serving {task.model!r} are full", True)
+        return Decision(None, f"all {eligible} miners serving {task.model!r} are full", True)
     chosen, why = _PICKERS[policy](task, roomy, snapshot, rng)
     return Decision(chosen.miner_id, f"{policy.value}: {why}")
 
@@ -296,17 +305,24 @@ def expected_completion_s(task: TaskNeeds, miner: MinerView, fallback: Speed | N
     miner's prompt speed, then its output at the per-sequence speed the miner
     has with one more sequence running. Work already queued on a full miner
     is ahead of it."""
+    return _completion_s(task.prompt_tokens, task.expected_output_tokens, miner, fallback)
+
+
+def _completion_s(
+    prompt_tokens: int, output_tokens: int, miner: MinerView, fallback: Speed | None
+) -> float:
     speed = miner.speed or fallback or _UNKNOWN
-    running = min(miner.busy + 1, miner.slots)
-    wait = 0.0
-    if miner.busy >= miner.slots:
+    busy, slots = miner.busy, miner.slots
+    if busy < slots:
+        wait = 0.0
+        per_sequence = speed.per_sequence(busy + 1)
+    else:
         # It starts once busy - slots + 1 tasks ahead have finished: their
         # share of the queued work, done at the miner's full speed.
-        ahead = miner.busy - miner.slots + 1
-        wait = miner.queued_tokens * ahead / miner.busy / speed.aggregate(miner.slots)
-    prompt = task.prompt_tokens / speed.prompt
-    output = task.expected_output_tokens / speed.per_sequence(running)
-    return wait + prompt + output
+        full = speed.aggregate(slots)
+        wait = miner.queued_tokens * (busy - slots + 1) / busy / full
+        per_sequence = full / slots
+    return wait + prompt_tokens / speed.prompt + output_tokens / per_sequence
 
 
 _UNKNOWN = Speed(prompt=1000.0, generation=10.0)
@@ -325,10 +341,11 @@ def _capacity_aware(
     task: TaskNeeds, candidates: Sequence[MinerView], snapshot: Snapshot, rng: random.Random
 ) -> tuple[MinerView, str]:
     fallback = _fallback_speed(candidates)
+    prompt, output = task.prompt_tokens, task.expected_output_tokens
     best = candidates[0]
-    best_s = expected_completion_s(task, best, fallback)
+    best_s = _completion_s(prompt, output, best, fallback)
     for miner in candidates[1:]:
-        cost = expected_completion_s(task, miner, fallback)
+        cost = _completion_s(prompt, output, miner, fallback)
         if cost < best_s or (cost == best_s and miner.miner_id < best.miner_id):
             best, best_s = miner, cost
     return best, f"expected completion {best_s:.2f} s"
