@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from chaos import Killer, LinkCutter, run_requests
+from chaos import FAKE_MINER, Killer, LinkCutter, Result, run_requests, start_chaos_miners
 from netns import NamespaceUnavailable, namespace
 from netutil import network
 
@@ -41,24 +41,7 @@ def percentile(values: list[float], share: float) -> float:
 def run_once(requests: int, concurrency: int, interval: float | None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as workdir, network(Path(workdir)) as net:
         net.start_router("--log-level", "error")
-        miner_args = {
-            f"chaos-{i}": (
-                "--fake-speed",
-                "100",
-                "--slots",
-                "4",
-                "--fake-output-tokens",
-                "1000",
-                "--data-dir",
-                str(Path(workdir) / f"miner-{i}"),
-                "--log-level",
-                "error",
-            )
-            for i in range(4)
-        }
-        for name, args in miner_args.items():
-            net.start_miner(name, *args)
-        net.wait_miners(4)
+        miner_args = start_chaos_miners(net, 4, "--log-level", "error")
         started = time.perf_counter()
         if interval is None:
             results, kills = run_requests(net, requests, concurrency), 0
@@ -68,20 +51,7 @@ def run_once(requests: int, concurrency: int, interval: float | None) -> dict[st
             kills = killer.kills
         elapsed = time.perf_counter() - started
         health = httpx.get(net.base_url + "/healthz", timeout=5).json()
-    latencies = [r.latency_s for r in results if r.ok]
-    return {
-        "kill_interval_s": interval,
-        "requests": len(results),
-        "ok": sum(r.ok for r in results),
-        "lost_or_corrupted": sum(not r.ok for r in results),
-        "success_rate": sum(r.ok for r in results) / len(results),
-        "kills": kills,
-        "migrations": health["migrations"],
-        "p50_s": statistics.median(latencies) if latencies else float("nan"),
-        "p99_s": percentile(latencies, 0.99),
-        "elapsed_s": elapsed,
-        "errors": sorted({r.error[:120] for r in results if not r.ok})[:5],
-    }
+    return summarise(interval, results, kills, health["migrations"], elapsed)
 
 
 def run_link_cuts(requests: int, concurrency: int, interval: float) -> dict[str, object]:
@@ -94,16 +64,7 @@ def run_link_cuts(requests: int, concurrency: int, interval: float) -> dict[str,
     ):
         net.host = link.host_address
         net.start_router("--log-level", "error", "--heartbeat-timeout", "2")
-        common = (
-            "--fake-speed",
-            "100",
-            "--slots",
-            "4",
-            "--fake-output-tokens",
-            "1000",
-            "--log-level",
-            "error",
-        )
+        common = (*FAKE_MINER, "--log-level", "error")
         net.start_miner("remote", *common, prefix=link.exec_prefix)
         for i in range(3):
             net.start_miner(f"local-{i}", *common)
@@ -113,15 +74,22 @@ def run_link_cuts(requests: int, concurrency: int, interval: float) -> dict[str,
             results = run_requests(net, requests, concurrency)
         elapsed = time.perf_counter() - started
         health = httpx.get(net.base_url + "/healthz", timeout=5).json()
+    label = f"link cut every {interval:g} s"
+    return summarise(label, results, cutter.cuts, health["migrations"], elapsed)
+
+
+def summarise(
+    fault: float | str | None, results: list[Result], faults: int, migrations: int, elapsed: float
+) -> dict[str, object]:
     latencies = [r.latency_s for r in results if r.ok]
     return {
-        "kill_interval_s": f"link cut every {interval:g} s",
+        "kill_interval_s": fault,
         "requests": len(results),
         "ok": sum(r.ok for r in results),
         "lost_or_corrupted": sum(not r.ok for r in results),
         "success_rate": sum(r.ok for r in results) / len(results),
-        "kills": cutter.cuts,
-        "migrations": health["migrations"],
+        "kills": faults,
+        "migrations": migrations,
         "p50_s": statistics.median(latencies) if latencies else float("nan"),
         "p99_s": percentile(latencies, 0.99),
         "elapsed_s": elapsed,

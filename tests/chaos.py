@@ -9,13 +9,29 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Self
 
 import openai
 
 from netutil import Network, Proc
 
 MODEL = "fake-model"
+FAKE_MINER = ("--fake-speed", "100", "--slots", "4", "--fake-output-tokens", "1000")
+"""Every chaos miner: deterministic answers as long as max_tokens asks."""
+
+
+def start_chaos_miners(net: Network, count: int, *extra: str) -> dict[str, tuple[str, ...]]:
+    """Start ``count`` fake miners, each with a data dir so a restart keeps its id;
+    returns their arguments, for restarts."""
+    miner_args = {
+        f"chaos-{i}": (*FAKE_MINER, "--data-dir", str(net.workdir / f"miner-{i}"), *extra)
+        for i in range(count)
+    }
+    for name, args in miner_args.items():
+        net.start_miner(name, *args)
+    net.wait_miners(count)
+    return miner_args
 
 
 @dataclass
@@ -27,36 +43,55 @@ class Result:
     error: str = ""
 
 
-@dataclass
-class Killer:
-    """Kills one random miner every ``interval_s`` (jittered) and restarts it."""
+class _Periodic:
+    """Runs ``strike`` in a thread every ``interval_s`` (jittered +-50%) until exit."""
 
-    net: Network
-    miner_args: dict[str, tuple[str, ...]]
-    interval_s: float
-    seed: int = 0
-    kills: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Killer:
+    def __init__(self, interval_s: float, seed: int) -> None:
+        self.interval_s = interval_s
+        self.rng = random.Random(seed)
+        self.strikes = 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        assert self._thread is not None
         self._thread.join(30)
 
     def _run(self) -> None:
-        rng = random.Random(self.seed)
-        while not self._stop.wait(self.interval_s * rng.uniform(0.5, 1.5)):
-            name = rng.choice(sorted(self.miner_args))
-            for proc in self.live(name):
-                proc.stop(signal.SIGKILL)
-            self.kills += 1
-            self.net.start_miner(name, *self.miner_args[name])
+        while not self._stop.wait(self.interval_s * self.rng.uniform(0.5, 1.5)):
+            self.strike()
+            self.strikes += 1
+
+    def pause(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def strike(self) -> None:
+        raise NotImplementedError
+
+
+class Killer(_Periodic):
+    """Kills one random miner with SIGKILL and restarts it, again and again."""
+
+    def __init__(
+        self, net: Network, miner_args: dict[str, tuple[str, ...]], interval_s: float, seed: int = 0
+    ) -> None:
+        super().__init__(interval_s, seed)
+        self.net = net
+        self.miner_args = miner_args
+
+    @property
+    def kills(self) -> int:
+        return self.strikes
+
+    def strike(self) -> None:
+        name = self.rng.choice(sorted(self.miner_args))
+        for proc in self.live(name):
+            proc.stop(signal.SIGKILL)
+        self.net.start_miner(name, *self.miner_args[name])
 
     def live(self, name: str) -> list[Proc]:
         return [p for p in self.net.procs if p.name == name and p.popen.poll() is None]
@@ -103,35 +138,29 @@ def run_requests(net: Network, count: int, concurrency: int) -> list[Result]:
         return [f.result() for f in futures]
 
 
-@dataclass
-class LinkCutter:
-    """Cuts a namespace's link (no socket is closed) for ``down_s`` every
-    ``interval_s`` (jittered), then restores it."""
+class LinkCutter(_Periodic):
+    """Cuts a link (no socket is closed) for ``down_s``, then restores it, again and again."""
 
-    cut: Callable[[], None]
-    restore: Callable[[], None]
-    interval_s: float
-    down_s: float
-    seed: int = 0
-    cuts: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    def __init__(
+        self,
+        cut: Callable[[], None],
+        restore: Callable[[], None],
+        interval_s: float,
+        down_s: float,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(interval_s, seed)
+        self.cut, self.restore, self.down_s = cut, restore, down_s
 
-    def __enter__(self) -> LinkCutter:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
+    @property
+    def cuts(self) -> int:
+        return self.strikes
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(30)
+    def strike(self) -> None:
+        self.cut()
+        self.pause(self.down_s)
         self.restore()
 
-    def _run(self) -> None:
-        rng = random.Random(self.seed)
-        while not self._stop.wait(self.interval_s * rng.uniform(0.5, 1.5)):
-            self.cut()
-            self.cuts += 1
-            self._stop.wait(self.down_s)
-            self.restore()
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.restore()
