@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, Request, Response, WebSocket
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.router.admission import WaitQueue
@@ -21,6 +22,7 @@ from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
 from inferswarm.router.dispatch import Dispatcher
 from inferswarm.router.gateway import serve_miner
+from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.settings import RouterSettings
 
@@ -62,6 +64,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.clock = deps.clock
     app.state.started_at = time.time()
     app.state.draining = False
+    app.state.metrics = RouterMetrics(registry)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseWhileDraining)
@@ -80,6 +83,11 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             "hedges": registry.hedges,
             "banned": sum(registry.is_banned(miner_id) for miner_id in registry.bans),
         }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition, for scrapers."""
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/miner/ws")
     async def miner_ws(websocket: WebSocket) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -19,6 +19,7 @@ from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChun
 from inferswarm.router.affinity import min_prompt_tokens
 from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.schedule import Policy
 
@@ -156,6 +157,34 @@ def _check_model(
         )
 
 
+async def _measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """The dispatcher's events, with the request's latency, tokens and outcome recorded."""
+    metrics: RouterMetrics = request.app.state.metrics
+    model = job.model
+    started = time.perf_counter()
+    outcome = "cancelled"
+    first_token = True
+    metrics.in_flight.inc()
+    try:
+        async with aclosing(_dispatcher(request).run(job)) as events:
+            async for event in events:
+                if isinstance(event, TaskChunk) and first_token:
+                    first_token = False
+                    metrics.ttft.labels(model).observe(time.perf_counter() - started)
+                elif isinstance(event, TaskDone):
+                    outcome = "ok"
+                    metrics.e2e.labels(model).observe(time.perf_counter() - started)
+                    metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
+                    metrics.generation_tokens.labels(model).inc(event.completion_tokens)
+                yield event
+    except APIError as exc:
+        outcome = exc.code or exc.error_type
+        raise
+    finally:
+        metrics.in_flight.dec()
+        metrics.requests.labels(model, outcome).inc()
+
+
 def _dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
@@ -163,7 +192,7 @@ def _dispatcher(request: Request) -> Dispatcher:
 
 async def _collect(job: Job, request: Request) -> tuple[str, TaskDone]:
     parts: list[str] = []
-    async with aclosing(_dispatcher(request).run(job)) as events:
+    async with aclosing(_measured(request, job)) as events:
         async for event in events:
             if isinstance(event, TaskChunk):
                 parts.append(event.text)
@@ -182,7 +211,7 @@ async def _stream(
     request_id: str,
     render: SseRenderer,
 ) -> Response:
-    events = _dispatcher(request).run(job)
+    events = _measured(request, job)
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
