@@ -13,8 +13,6 @@ streamed responses.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import sys
@@ -29,6 +27,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netutil import network
+from report import write_results
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "smollm2-135m-instruct:q4_1"
@@ -140,20 +139,8 @@ def main() -> None:
         )
     console.print(table)
     console.print(f"cache_aware mean TTFT = {ratio:.2f} x least_loaded")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "benchmark": "cache_affinity",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "settings": vars(args) | {"output": str(args.output)},
-                "results": rows,
-                "ttft_ratio_cache_over_least_loaded": ratio,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        args.output, "cache_affinity", vars(args), rows, ttft_ratio_cache_over_least_loaded=ratio
     )
 
 

@@ -13,8 +13,6 @@ failover and migration added over the calm run.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chaos import FAKE_MINER, Killer, LinkCutter, Result, run_requests, start_chaos_miners
 from netns import NamespaceUnavailable, namespace
 from netutil import network
+from report import write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -155,20 +154,8 @@ def main() -> None:
             f"{row['p99_s'] - calm['p99_s']:+.3f}",  # type: ignore[operator]
         )
     console.print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "benchmark": "chaos",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "settings": {"requests": args.requests, "concurrency": args.concurrency},
-                "results": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    settings = {"requests": args.requests, "concurrency": args.concurrency}
+    write_results(args.output, "chaos", settings, rows)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netutil import free_port, network
+from report import write_results
 
 RESULTS = Path(__file__).parent / "results"
 BODY = {"model": "fake-model", "prompt": "The quick brown fox", "max_tokens": 16, "temperature": 0}
@@ -179,25 +178,13 @@ def main() -> None:
             )
         )
     console.print(report(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "benchmark": "overhead",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "settings": {
-                    "requests": args.requests,
-                    "concurrency": levels,
-                    "rounds": args.rounds,
-                    "body": BODY,
-                },
-                "results": [asdict(r) for r in results],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    settings = {
+        "requests": args.requests,
+        "concurrency": levels,
+        "rounds": args.rounds,
+        "body": BODY,
+    }
+    write_results(args.output, "overhead", settings, [asdict(r) for r in results])
     console.print(f"JSON written to {args.output}")
 
 

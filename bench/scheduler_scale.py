@@ -11,8 +11,6 @@ separately, since the router builds one per decision.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import sys
@@ -26,6 +24,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from inferswarm.protocol import MinerId
 from inferswarm.router.schedule import Policy, Snapshot, TaskNeeds, choose_miner
+from report import write_results
 from test_policies_on_fixtures import FIXTURES, MODEL, load, view
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,20 +103,7 @@ def main() -> None:
             f"{row['snapshot_build_ms']:.1f}",
         )
     Console(width=120).print(table)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "benchmark": "scheduler_scale",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "decisions_per_cell": args.decisions,
-                "results": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    write_results(args.output, "scheduler_scale", {"decisions_per_cell": args.decisions}, rows)
 
 
 if __name__ == "__main__":

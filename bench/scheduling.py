@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import math
-import platform
 import random
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netutil import network
+from report import write_results
 
 RESULTS = Path(__file__).parent / "results"
 POLICIES = ("round_robin", "least_loaded", "power_of_two", "capacity_aware")
@@ -336,28 +336,16 @@ def main() -> None:
                         )
                     )
     console.print(report(rows, capacity))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "benchmark": "scheduling",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "settings": {
-                    "base_speed": args.base_speed,
-                    "multipliers": MULTIPLIERS,
-                    "slots": SLOTS,
-                    "loads": loads,
-                    "duration_s": args.duration,
-                    "seed": args.seed,
-                    "capacity_tokens_per_s": capacity,
-                },
-                "results": [asdict(r) for r in rows],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    settings = {
+        "base_speed": args.base_speed,
+        "multipliers": MULTIPLIERS,
+        "slots": SLOTS,
+        "loads": loads,
+        "duration_s": args.duration,
+        "seed": args.seed,
+        "capacity_tokens_per_s": capacity,
+    }
+    write_results(args.output, "scheduling", settings, [asdict(r) for r in rows])
     console.print(f"JSON written to {args.output}")
 
 

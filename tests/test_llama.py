@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from inferswarm.miner.models import default_model_path
-from netutil import Network, network
+from netutil import Network, Proc, network
 from test_cli import api_key_from, start_up, stop_up
 
 pytestmark = pytest.mark.llama
@@ -24,16 +24,7 @@ def llama_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     with network(workdir) as net:
         net.start_router()
         for name in ("llama-1", "llama-2"):
-            net.start_miner(
-                name,
-                "--threads",
-                "1",
-                "--ctx",
-                "1024",
-                "--cache-dir",
-                str(workdir / "cache"),
-                engine="llamacpp",
-            )
+            start_llama(net, name, workdir / "cache")
         net.wait_miners(2, timeout=120)
         yield net
 
@@ -51,6 +42,13 @@ def tokens_of(text: str) -> int:
 
     vocab = Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
     return len(vocab.tokenize(text.encode(), add_bos=True, special=False))
+
+
+def start_llama(net: Network, name: str, cache: Path) -> Proc:
+    """A one-thread llama.cpp miner with a 1,024-token context and a shared benchmark cache."""
+    return net.start_miner(
+        name, "--threads", "1", "--ctx", "1024", "--cache-dir", str(cache), engine="llamacpp"
+    )
 
 
 QUESTION = [{"role": "user", "content": "What color is the sky on a clear day?"}]
@@ -173,9 +171,7 @@ def test_miners_benchmark_once_and_report_measured_capability(llama_net: Network
         assert capability["prompt_tokens_per_s"] > 1
         assert miner["tier"] in (1, 2, 3)
     cache = llama_net.workdir / "cache"
-    restarted = llama_net.start_miner(
-        "llama-3", "--threads", "1", "--ctx", "1024", "--cache-dir", str(cache), engine="llamacpp"
-    )
+    restarted = start_llama(llama_net, "llama-3", cache)
     llama_net.wait_miners(3, timeout=120)
     assert "using cached benchmark" in restarted.output()
     restarted.stop()
@@ -186,16 +182,7 @@ def test_a_real_stream_continues_on_another_miner_when_its_miner_is_killed(tmp_p
     prompt = "The history of the Roman Empire begins"
     with network(tmp_path) as net:
         net.start_router()
-        first = net.start_miner(
-            "first",
-            "--threads",
-            "1",
-            "--ctx",
-            "1024",
-            "--cache-dir",
-            str(tmp_path),
-            engine="llamacpp",
-        )
+        start_llama(net, "first", tmp_path)
         net.wait_miners(1, timeout=120)
         with openai.OpenAI(
             base_url=net.base_url + "/v1", api_key="none", max_retries=0, timeout=120
@@ -203,16 +190,7 @@ def test_a_real_stream_continues_on_another_miner_when_its_miner_is_killed(tmp_p
             whole = client.completions.create(
                 model=MODEL, prompt=prompt, max_tokens=40, temperature=0
             )
-            net.start_miner(
-                "second",
-                "--threads",
-                "1",
-                "--ctx",
-                "1024",
-                "--cache-dir",
-                str(tmp_path),
-                engine="llamacpp",
-            )
+            start_llama(net, "second", tmp_path)
             net.wait_miners(2, timeout=120)
             # Occupy nothing else: capacity_aware may pick either; kill whichever streams.
             parts: list[str] = []
@@ -233,7 +211,6 @@ def test_a_real_stream_continues_on_another_miner_when_its_miner_is_killed(tmp_p
                                 proc.stop(signal.SIGKILL)
         migrated = "".join(parts)
         assert len(net.miners()) == 1
-        assert first is not None
     # Greedy decoding continued from the text so far gives the same answer as
     # the uninterrupted run: no text repeated, none missing.
     assert migrated == whole.choices[0].text

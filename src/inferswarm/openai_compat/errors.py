@@ -80,11 +80,6 @@ class UpstreamFailed(APIError):
     error_type = "server_error"
 
 
-class GatewayTimeout(APIError):
-    status_code = 504
-    error_type = "timeout"
-
-
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
