@@ -135,7 +135,9 @@ def _run(command: list[str], work: Workload, env: dict[str, str]) -> None:
         command, capture_output=True, text=True, env=env, timeout=work.duration_s + 120
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        raise RuntimeError(
+            f"{command[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
 
 
 def report(results: list[ToolResult], engine_floor_ms: float) -> Table:
@@ -143,7 +145,16 @@ def report(results: list[ToolResult], engine_floor_ms: float) -> Table:
         title="inferswarm bench vs Locust on the same router endpoint "
         f"(fake engine: end-to-end floor {engine_floor_ms:.0f} ms per request)"
     )
-    for column in ("concurrency", "tool", "requests", "errors", "req/s", "e2e p50 ms", "e2e p95 ms", "TTFT p50 ms"):
+    for column in (
+        "concurrency",
+        "tool",
+        "requests",
+        "errors",
+        "req/s",
+        "e2e p50 ms",
+        "e2e p95 ms",
+        "TTFT p50 ms",
+    ):
         table.add_column(column, justify="right")
     by_level: dict[int, dict[str, ToolResult]] = {}
     for r in results:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-SYNTAX_HELP = "a whole number (128), uniform:LOW,HIGH (uniform:64,256) or normal:MEAN,SD (normal:128,32)"
+SYNTAX_HELP = (
+    "a whole number (128), uniform:LOW,HIGH (uniform:64,256) or normal:MEAN,SD (normal:128,32)"
+)
 
 
 class DistributionSyntaxError(ValueError):
@@ -67,14 +69,20 @@ def parse_distribution(text: str) -> LengthDistribution:
     if kind == "uniform" and len(numbers) == 2:
         low, high = (_length(n, text) for n in numbers)
         if low > high:
-            raise DistributionSyntaxError(f"{text!r}: the low end {low} is above the high end {high}")
+            raise DistributionSyntaxError(
+                f"{text!r}: the low end {low} is above the high end {high}"
+            )
         return Uniform(low, high)
     if kind == "normal" and len(numbers) == 2:
         mean, sd = numbers
         if mean < 1 or sd < 0:
-            raise DistributionSyntaxError(f"{text!r}: the mean must be at least 1 and the sd not negative")
+            raise DistributionSyntaxError(
+                f"{text!r}: the mean must be at least 1 and the sd not negative"
+            )
         return Normal(mean, sd)
-    raise DistributionSyntaxError(f"cannot read the length distribution {text!r}; use {SYNTAX_HELP}")
+    raise DistributionSyntaxError(
+        f"cannot read the length distribution {text!r}; use {SYNTAX_HELP}"
+    )
 
 
 def _number(part: str, text: str) -> float:

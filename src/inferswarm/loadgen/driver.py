@@ -105,9 +105,10 @@ async def resolve_model(root: str, model: str | None, api_key: str | None) -> st
     """The model to load: the one asked for, checked against ``/v1/models``, else the first served."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        async with client_session(30) as session, session.get(
-            f"{root}/models", headers=headers
-        ) as response:
+        async with (
+            client_session(30) as session,
+            session.get(f"{root}/models", headers=headers) as response,
+        ):
             status = response.status
             payload = await response.json(content_type=None) if status == 200 else None
             text = await response.text()
@@ -118,7 +119,7 @@ async def resolve_model(root: str, model: str | None, api_key: str | None) -> st
         ) from exc
     if status in (401, 403):
         raise BenchError(
-            f"{root}/models refused the API key ({status}: {_error_message(text)}); "
+            f"{root}/models refused the API key ({status}: {error_message(text)}); "
             "pass --api-key or set INFERSWARM_API_KEY / OPENAI_API_KEY"
         )
     if status != 200:
@@ -212,7 +213,7 @@ async def _send_one(
             target.url(), json=target.body(planned), headers=target.headers()
         ) as response:
             if response.status != 200:
-                _fail(record, f"http_{response.status}", _error_message(await response.text()))
+                _fail(record, f"http_{response.status}", error_message(await response.text()))
             elif response.content_type == "text/event-stream":
                 await _read_stream(response, record, clock)
             else:  # a server that ignores stream=True: the whole answer is one chunk
@@ -244,7 +245,7 @@ async def _read_stream(
             _fail(record, "bad_stream", f"not JSON in the stream: {event[:200]!r}")
             return
         if "error" in chunk:
-            _fail(record, "stream_error", _error_message(json.dumps(chunk)))
+            _fail(record, "stream_error", error_message(json.dumps(chunk)))
             return
         if _chunk_text(chunk):
             now = clock.now()
@@ -269,7 +270,7 @@ async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
 
 def _read_whole(payload: dict[str, Any], record: RequestRecord, clock: _Clock) -> None:
     if "error" in payload:
-        _fail(record, "error", _error_message(json.dumps(payload)))
+        _fail(record, "error", error_message(json.dumps(payload)))
         return
     record.ttft_s = clock.now() - record.start_s
     record.output_tokens = 1 if _chunk_text(payload) else 0
@@ -300,7 +301,7 @@ def _fail(record: RequestRecord, kind: str, message: str) -> None:
     record.error_message = message
 
 
-def _error_message(text: str) -> str:
+def error_message(text: str) -> str:
     """The message of an OpenAI error envelope, or the start of whatever came back."""
     try:
         payload = json.loads(text)
@@ -310,5 +311,5 @@ def _error_message(text: str) -> str:
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])
     if isinstance(payload, dict) and isinstance(payload.get("detail"), str):
-        return payload["detail"]
+        return str(payload["detail"])
     return text[:300]

@@ -30,7 +30,9 @@ def latency_table(summary: Summary, title: str) -> Table:
         ("end to end", summary.e2e),
     )
     for name, dist in rows:
-        table.add_row(name, _ms(dist.mean), *(_ms(dist.percentiles[p]) for p in PERCENTILES), str(dist.count))
+        table.add_row(
+            name, _ms(dist.mean), *(_ms(dist.percentiles[p]) for p in PERCENTILES), str(dist.count)
+        )
     return table
 
 
@@ -66,4 +68,3 @@ def errors_table(summary: Summary) -> Table:
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{1000 * seconds:.1f}"
-

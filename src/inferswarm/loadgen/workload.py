@@ -13,16 +13,108 @@ from dataclasses import dataclass
 
 from inferswarm.loadgen.distributions import LengthDistribution
 
-WORDS = (
-    "time year people way day man thing woman life child world school state family "
-    "student group country problem hand part place case week company system program "
-    "question work government number night point home water room mother area money "
-    "story fact month lot right study book eye job word business issue side kind head "
-    "house service friend father power hour game line end member law car city "
-    "community name president team minute idea kid body information back parent face "
-    "others level office door health person art war history party result change "
-    "morning reason research girl guy moment air teacher force education"
-).split()
+WORDS = [
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
+    "minute",
+    "idea",
+    "kid",
+    "body",
+    "information",
+    "back",
+    "parent",
+    "face",
+    "others",
+    "level",
+    "office",
+    "door",
+    "health",
+    "person",
+    "art",
+    "war",
+    "history",
+    "party",
+    "result",
+    "change",
+    "morning",
+    "reason",
+    "research",
+    "girl",
+    "guy",
+    "moment",
+    "air",
+    "teacher",
+    "force",
+    "education",
+]
 """Common English words, each one token for most tokenizers once a space precedes it."""
 
 
@@ -60,7 +152,9 @@ def poisson_arrivals(rate: float, seed: int) -> Iterator[float]:
         at += rng.expovariate(rate)
 
 
-def within(arrivals: Iterator[float], duration_s: float | None, count: int | None) -> Iterator[float]:
+def within(
+    arrivals: Iterator[float], duration_s: float | None, count: int | None
+) -> Iterator[float]:
     """The arrivals that fall before ``duration_s`` and within the first ``count``."""
     limited = itertools.islice(arrivals, count) if count is not None else arrivals
     if duration_s is None:
