@@ -81,9 +81,7 @@ async def httpx_lines(url: str, count: int, concurrency: int) -> int:
         return await _drive(one, count, concurrency)
 
 
-async def _drive(
-    one: Callable[[int], AsyncIterator[bytes]], count: int, concurrency: int
-) -> int:
+async def _drive(one: Callable[[int], AsyncIterator[bytes]], count: int, concurrency: int) -> int:
     indices = iter(range(count))
     lines = 0
 
@@ -102,8 +100,8 @@ CLIENTS = {"aiohttp": aiohttp_lines, "httpx": httpx_lines}
 
 async def measure(url: str, requests: int, concurrency: int, rounds: int) -> list[ClientResult]:
     totals = {name: ClientResult(name, 0, 0, 0.0, 0.0) for name in CLIENTS}
-    for name, run in CLIENTS.items():
-        await run(url, 20, 4)  # warm up
+    for warm_up in CLIENTS.values():
+        await warm_up(url, 20, 4)
     for turn in range(rounds):
         order = list(CLIENTS.items()) if turn % 2 == 0 else list(reversed(CLIENTS.items()))
         for name, run in order:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -118,6 +119,8 @@ def bench(
 
         write_plot(result.records, plot, title)
         console.print(f"plotted {plot}")
+    if result.interrupted:
+        raise typer.Exit(130)
     if summary.succeeded == 0:
         raise typer.Exit(1)
 
@@ -147,7 +150,10 @@ def _load(
 
 
 def _run_with_progress(target: Target, load: Load, console: Console, title: str) -> RunResult:
+    """Run the load under a progress bar; on Ctrl-C, the requests finished so far."""
     total = load.requests if load.duration_s is None else None
+    finished: list[RequestRecord] = []
+    cpu_started = time.process_time()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -155,17 +161,22 @@ def _run_with_progress(target: Target, load: Load, console: Console, title: str)
         TextColumn("{task.fields[errors]} errors"),
         TimeElapsedColumn(),
         console=console,
-        transient=False,
     ) as progress:
         bar = progress.add_task(title, total=total, errors=0)
         errors = 0
 
         def on_done(record: RequestRecord) -> None:
             nonlocal errors
+            finished.append(record)
             errors += 0 if record.ok else 1
             progress.update(bar, advance=1, errors=errors)
 
-        return asyncio.run(run_load(target, load, on_done))
+        try:
+            return asyncio.run(run_load(target, load, on_done))
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted: {len(finished)} requests had finished[/]")
+            finished.sort(key=lambda r: r.index)
+            return RunResult(finished, time.process_time() - cpu_started, interrupted=True)
 
 
 def _write_json(

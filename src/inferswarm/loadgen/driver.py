@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -83,6 +83,7 @@ class Load:
 class RunResult:
     records: list[RequestRecord]
     client_cpu_s: float
+    interrupted: bool = False
 
 
 def api_root(base_url: str) -> str:
@@ -170,7 +171,10 @@ class _Clock:
 
 
 async def _closed_loop(
-    send: Callable[[PlannedRequest], Any], plan: Iterator[PlannedRequest], load: Load, clock: _Clock
+    send: Callable[[PlannedRequest], Coroutine[Any, Any, None]],
+    plan: Iterator[PlannedRequest],
+    load: Load,
+    clock: _Clock,
 ) -> None:
     """``concurrency`` workers, each sending its next request as soon as the last one ends."""
     count = load.requests
@@ -188,7 +192,10 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    send: Callable[[PlannedRequest], Any], plan: Iterator[PlannedRequest], load: Load, clock: _Clock
+    send: Callable[[PlannedRequest], Coroutine[Any, Any, None]],
+    plan: Iterator[PlannedRequest],
+    load: Load,
+    clock: _Clock,
 ) -> None:
     """Requests sent at Poisson arrival times whether or not earlier ones have finished."""
     assert load.rate is not None
@@ -226,6 +233,8 @@ async def _send_one(
         _fail(record, "disconnected", str(exc) or type(exc).__name__)
     except aiohttp.ClientError as exc:
         _fail(record, "client_error", f"{type(exc).__name__}: {exc}")
+    except ValueError as exc:  # a body that is not JSON where JSON was due
+        _fail(record, "bad_response", f"{type(exc).__name__}: {exc}")
     record.end_s = clock.now()
     return record
 
