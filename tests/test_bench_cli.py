@@ -174,3 +174,42 @@ def test_bad_options_are_explained_before_anything_is_sent(
     assert result.returncode == 2
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_does_not_stream_is_measured_as_one_chunk(
+    net: Network, tmp_path: Path
+) -> None:
+    # The miner's direct endpoint: no /v1/models, and whole JSON answers to stream=True.
+    direct = free_port()
+    net.start_router()
+    net.start_miner("direct", "--fake-output-tokens", "1000", "--http-port", str(direct))
+    net.wait_miners(1)
+    out = tmp_path / "direct.json"
+    result = run_bench(
+        "--base-url",
+        f"http://127.0.0.1:{direct}",
+        "--model",
+        "fake-model",
+        "--endpoint",
+        "completions",
+        "--requests",
+        "4",
+        "--output-tokens",
+        "6",
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())["requests"]
+    assert len(records) == 4
+    for r in records:
+        assert r["error_kind"] is None
+        assert r["output_tokens"] == 6 and r["tokens_counted_from"] == "usage"
+        assert r["chunk_gaps_s"] == [] and r["ttft_s"] <= r["e2e_s"]
+
+
+def test_help_lists_the_load_options() -> None:
+    result = run_bench("--help")
+    assert result.returncode == 0
+    for option in ("--base-url", "--concurrency", "--rate", "--prompt-tokens", "--json", "--plot"):
+        assert option in result.stdout
