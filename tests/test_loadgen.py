@@ -15,7 +15,14 @@ from inferswarm.loadgen.distributions import (
     Uniform,
     parse_distribution,
 )
-from inferswarm.loadgen.driver import BenchError, Endpoint, Target, api_root, error_message
+from inferswarm.loadgen.driver import (
+    BenchError,
+    Endpoint,
+    Target,
+    api_root,
+    error_message,
+    model_ids,
+)
 from inferswarm.loadgen.stats import Distribution, RequestRecord, summarise
 from inferswarm.loadgen.workload import (
     WORDS,
@@ -215,3 +222,10 @@ def testerror_messages_come_from_the_openai_envelope() -> None:
     assert error_message('{"error": {"message": "bad key", "type": "x"}}') == "bad key"
     assert error_message('{"detail": "Not Found"}') == "Not Found"
     assert error_message("<html>oops</html>") == "<html>oops</html>"
+
+
+def test_model_lists_are_read_or_refused() -> None:
+    assert model_ids('{"object": "list", "data": [{"id": "a"}, {"id": "b"}]}') == ["a", "b"]
+    assert model_ids("<html>welcome</html>") is None
+    assert model_ids('{"models": []}') is None
+    assert model_ids('{"data": [{"name": "a"}]}') is None

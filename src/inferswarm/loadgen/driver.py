@@ -111,7 +111,6 @@ async def resolve_model(root: str, model: str | None, api_key: str | None) -> st
             session.get(f"{root}/models", headers=headers) as response,
         ):
             status = response.status
-            payload = await response.json(content_type=None) if status == 200 else None
             text = await response.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise BenchError(
@@ -127,7 +126,12 @@ async def resolve_model(root: str, model: str | None, api_key: str | None) -> st
         if model is not None:
             return model  # a server without /v1/models can still serve the named model
         raise BenchError(f"{root}/models answered {status}; name the model with --model")
-    served = [m["id"] for m in (payload or {}).get("data", [])]
+    served = model_ids(text)
+    if served is None:
+        raise BenchError(
+            f"{root}/models did not answer with an OpenAI model list; "
+            "is --base-url an OpenAI-compatible server?"
+        )
     if model is None:
         if not served:
             raise BenchError(f"{root} serves no models yet (wait for a miner to join?)")
@@ -137,6 +141,13 @@ async def resolve_model(root: str, model: str | None, api_key: str | None) -> st
             f"{root} does not serve the model {model!r}; it serves: {', '.join(served) or 'none'}"
         )
     return model
+
+
+def model_ids(text: str) -> list[str] | None:
+    try:
+        return [str(model["id"]) for model in json.loads(text)["data"]]
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 async def run_load(
