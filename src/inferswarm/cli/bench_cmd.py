@@ -161,6 +161,7 @@ def _run_with_progress(target: Target, load: Load, console: Console, title: str)
         TextColumn("{task.fields[errors]} errors"),
         TimeElapsedColumn(),
         console=console,
+        refresh_per_second=4,  # redrawing is the generator's main idle cost
     ) as progress:
         bar = progress.add_task(title, total=total, errors=0)
         errors = 0

@@ -31,18 +31,21 @@ def write_plot(records: Sequence[RequestRecord], path: Path, title: str) -> None
     latency.legend(loc="upper left")
     latency.grid(alpha=0.3)
 
-    ends = np.array([r.end_s for r in good])
-    edges = _one_second_bins(float(ends.max()) if len(ends) else 1.0)
-    widths = np.diff(edges)
-    requests, _ = np.histogram(ends, bins=edges)
-    tokens, _ = np.histogram(ends, bins=edges, weights=[r.output_tokens for r in good])
-    throughput.stairs(tokens / widths, edges, color="tab:blue", label="output tokens/s")
+    span = max((r.end_s for r in good), default=1.0)
+    width = max(1.0, span / 40)  # about 40 bars whatever the length of the run
+    edges = np.arange(0.0, span + width, width)
+    chunk_times, chunk_tokens = _chunks(good)
+    tokens, _ = np.histogram(chunk_times, bins=edges, weights=chunk_tokens)
+    requests, _ = np.histogram([r.end_s for r in good], bins=edges)
+    throughput.stairs(tokens / width, edges, color="tab:blue", label="output tokens/s")
     throughput.set_ylabel("output tokens/s")
-    throughput.set_xlabel("seconds since start (requests counted when they finish)")
+    throughput.set_xlabel(
+        f"seconds since start ({width:.3g} s bins; tokens when they arrived, requests when they ended)"
+    )
     throughput.set_ylim(bottom=0)
     throughput.grid(alpha=0.3)
     per_request = throughput.twinx()
-    per_request.stairs(requests / widths, edges, color="tab:orange", label="requests/s")
+    per_request.stairs(requests / width, edges, color="tab:orange", label="requests/s")
     per_request.set_ylabel("requests/s")
     per_request.set_ylim(bottom=0)
     lines = throughput.get_legend_handles_labels()
@@ -54,7 +57,17 @@ def write_plot(records: Sequence[RequestRecord], path: Path, title: str) -> None
     plt.close(figure)
 
 
-def _one_second_bins(last: float) -> np.ndarray:
-    """Edges 0, 1, 2, ... and the last finish, so the final partial second is not undercounted."""
-    whole = np.arange(0.0, np.floor(last) + 1.0)
-    return whole if last <= whole[-1] else np.append(whole, last)
+def _chunks(records: Sequence[RequestRecord]) -> tuple[list[float], list[float]]:
+    """When each streamed chunk arrived and how many tokens it carried.
+
+    The server's token count (when it gave one) is spread evenly over the chunks.
+    """
+    times: list[float] = []
+    tokens: list[float] = []
+    for r in records:
+        if r.ttft_s is None:
+            continue
+        arrivals = r.start_s + r.ttft_s + np.concatenate(([0.0], np.cumsum(r.chunk_gaps_s)))
+        times.extend(arrivals.tolist())
+        tokens.extend([r.output_tokens / len(arrivals)] * len(arrivals))
+    return times, tokens
