@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from netutil import Network, free_port
+from netutil import Network, free_port, network
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -29,16 +30,18 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def fake_network(net: Network) -> Network:
-    # A long natural answer, so every request stops at its own max_tokens; paced, so
-    # tokens mostly arrive in chunks of their own (the router merges chunks that queue up).
-    net.start_router()
-    net.start_miner(
-        "bench-target", "--fake-output-tokens", "1000", "--fake-speed", "100", "--slots", "4"
-    )
-    net.wait_miners(1)
-    return net
+@pytest.fixture(scope="module")
+def fake_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """One router and miner for the tests here that only read from them."""
+    with network(tmp_path_factory.mktemp("bench-net")) as net:
+        # A long natural answer, so every request stops at its own max_tokens; paced, so
+        # tokens mostly arrive in chunks of their own (the router merges chunks that queue up).
+        net.start_router()
+        net.start_miner(
+            "bench-target", "--fake-output-tokens", "1000", "--fake-speed", "100", "--slots", "4"
+        )
+        net.wait_miners(1)
+        yield net
 
 
 def assert_ordered(latency: dict[str, Any]) -> None:

@@ -15,15 +15,9 @@ from inferswarm.loadgen.distributions import (
     Uniform,
     parse_distribution,
 )
-from inferswarm.loadgen.driver import (
-    BenchError,
-    Endpoint,
-    Target,
-    api_root,
-    error_message,
-    model_ids,
-)
+from inferswarm.loadgen.driver import model_ids
 from inferswarm.loadgen.stats import Distribution, RequestRecord, summarise
+from inferswarm.loadgen.target import BenchError, Endpoint, Target, api_root, error_message
 from inferswarm.loadgen.workload import (
     WORDS,
     PlannedRequest,

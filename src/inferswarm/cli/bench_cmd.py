@@ -7,25 +7,21 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from inferswarm.loadgen.distributions import DistributionSyntaxError, parse_distribution
-from inferswarm.loadgen.driver import (
-    BenchError,
-    Endpoint,
-    Load,
-    RunResult,
-    Target,
-    api_root,
-    resolve_model,
-    run_load,
-)
-from inferswarm.loadgen.render import summary_tables
-from inferswarm.loadgen.stats import RequestRecord, Summary, summarise
+from inferswarm.loadgen.target import BenchError, Endpoint, Load, Target, api_root
+
+if TYPE_CHECKING:
+    from inferswarm.loadgen.driver import RunResult
+    from inferswarm.loadgen.stats import RequestRecord, Summary
+
+# The driver (aiohttp), the summary (numpy) and the plot (matplotlib) are imported
+# inside the command, so every other inferswarm command starts without them.
 
 DEFAULT_REQUESTS = 100
 
@@ -97,6 +93,10 @@ def bench(
     ] = None,
 ) -> None:
     """Load an OpenAI-compatible server with streaming requests; report TTFT, inter-token and end-to-end latency percentiles, throughput and errors."""
+    from inferswarm.loadgen.driver import resolve_model
+    from inferswarm.loadgen.render import summary_tables
+    from inferswarm.loadgen.stats import summarise
+
     console = Console()
     try:
         load = _load(concurrency, rate, requests, duration, prompt_tokens, output_tokens, seed)
@@ -115,7 +115,7 @@ def bench(
         _write_json(json_path, target, load, summary, result.records)
         console.print(f"saved {json_path}")
     if plot is not None:
-        from inferswarm.loadgen.plot import write_plot  # matplotlib loads slowly; only when asked
+        from inferswarm.loadgen.plot import write_plot
 
         write_plot(result.records, plot, title)
         console.print(f"plotted {plot}")
@@ -151,6 +151,8 @@ def _load(
 
 def _run_with_progress(target: Target, load: Load, console: Console, title: str) -> RunResult:
     """Run the load under a progress bar; on Ctrl-C, the requests finished so far."""
+    from inferswarm.loadgen.driver import RunResult, run_load
+
     total = load.requests if load.duration_s is None else None
     finished: list[RequestRecord] = []
     cpu_started = time.process_time()
