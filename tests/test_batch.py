@@ -95,7 +95,7 @@ def test_input_lines_become_tasks_or_error_lines() -> None:
 
 def test_batches_fill_idle_slots_but_leave_room_for_interactive_work() -> None:
     share = BatchShare(reserve=0.25, floor=0.1)
-    assert batch_budget(16, 0, interactive_active=False, share=share) == 16
+    assert batch_budget(16, 0, interactive_active=False, share=share) == 48  # pipelined
     assert batch_budget(16, 0, interactive_active=True, share=share) == 12
     assert batch_budget(16, 8, interactive_active=True, share=share) == 4
     assert batch_budget(16, 16, interactive_active=True, share=share) == 1  # the floor
