@@ -52,7 +52,13 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         app.state.store = store
         app.state.blobs = BlobDir(settings.data_dir / "files")
         runner = BatchRunner(
-            store, app.state.blobs, app.state.dispatcher, registry, settings.batch_share
+            store,
+            app.state.blobs,
+            app.state.dispatcher,
+            registry,
+            settings.batch_share,
+            retry_delay_s=settings.task_retry_delay_s,
+            max_attempts=settings.task_max_attempts,
         )
         app.state.batch_runner = runner
         await runner.start()
