@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import batches, completions, files, miners, models
+from inferswarm.router.api import batches, completions, files, jobs, miners, models
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
@@ -25,6 +25,7 @@ from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
+from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
 from inferswarm.storage import BlobDir, Store, open_store
 
@@ -51,16 +52,25 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         app.state.store = store
         app.state.blobs = BlobDir(settings.data_dir / "files")
         runner = BatchRunner(
-            store, app.state.blobs, app.state.dispatcher, registry, settings.batch_share
+            store,
+            app.state.blobs,
+            app.state.dispatcher,
+            registry,
+            settings.batch_share,
+            retry_delay_s=settings.task_retry_delay_s,
+            max_attempts=settings.task_max_attempts,
         )
         app.state.batch_runner = runner
         await runner.start()
+        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry)
+        await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         try:
             yield
         finally:
             watchdog.cancel()
             await runner.stop()
+            await app.state.job_runner.stop()
             await store.close()
             for conn in registry.connections():
                 await registry.remove(conn, "the router is shutting down")
@@ -89,7 +99,14 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    for api in (completions.router, models.router, miners.router, files.router, batches.router):
+    for api in (
+        completions.router,
+        models.router,
+        miners.router,
+        files.router,
+        batches.router,
+        jobs.router,
+    ):
         app.include_router(api, dependencies=authed)
 
     @app.get("/healthz")
