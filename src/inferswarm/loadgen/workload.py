@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from inferswarm.loadgen.distributions import LengthDistribution
 
-WORDS = [
+WORDS = (
     "time",
     "year",
     "people",
@@ -114,7 +114,7 @@ WORDS = [
     "teacher",
     "force",
     "education",
-]
+)
 """Common English words, each one token for most tokenizers once a space precedes it."""
 
 
