@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import socket
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ import uvicorn
 from inferswarm.cli.common import setup_logging
 from inferswarm.miner.agent import AgentSettings, MinerAgent, MinerRefused
 from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.faults import Fault, FaultyEngine
 from inferswarm.miner.hardware import probe_hardware
-from inferswarm.miner.identity import load_or_create_miner_id
+from inferswarm.miner.identity import load_or_create_identity
 from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish_capability
 
 log = logging.getLogger("inferswarm.miner")
@@ -114,7 +116,8 @@ def miner(
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Keeps the miner's id across restarts.", envvar="INFERSWARM_MINER_DATA_DIR"
+            help="Keeps the miner's ed25519 key (its identity) across restarts.",
+            envvar="INFERSWARM_MINER_DATA_DIR",
         ),
     ] = None,
     rebenchmark: Annotated[
@@ -160,6 +163,14 @@ def miner(
             help="Also serve the engine directly on this port (for benchmarks and health checks)."
         ),
     ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Misbehave on purpose, for tests and demos of verification only: "
+            "KIND[:PROBABILITY] with KIND corrupt, random, lazy or slow. Repeatable.",
+            envvar="INFERSWARM_FAULT",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
@@ -185,6 +196,10 @@ def miner(
     )
     cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
+        faults = tuple(Fault.parse(spec) for spec in fault or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fault") from None
+    try:
         asyncio.run(
             _serve(
                 router,
@@ -195,6 +210,7 @@ def miner(
                 http_port,
                 cache,
                 rebenchmark,
+                faults,
             )
         )
     except MinerRefused as exc:
@@ -214,13 +230,19 @@ async def _serve(
     http_port: int | None,
     cache: CapabilityCache,
     rebenchmark: bool,
+    faults: tuple[Fault, ...] = (),
 ) -> None:
     engine = await _build_engine(kind, options)
+    if faults:
+        log.warning(
+            "fault injection on: %s", ", ".join(f"{f.kind}:{f.probability}" for f in faults)
+        )
+        engine = FaultyEngine(engine, faults, random.Random())
     engine.capability = await establish_capability(engine, cache, rebenchmark)
     if engine.capability is not None:
         log.info("capability: %s", engine.capability)
     agent = MinerAgent(
-        AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name),
+        AgentSettings(router_url=router, identity=load_or_create_identity(data_dir), name=name),
         engine,
         probe_hardware(),
     )

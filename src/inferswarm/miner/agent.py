@@ -25,8 +25,11 @@ from inferswarm import __version__
 from inferswarm.miner.coalesce import StreamItem, next_batch
 from inferswarm.miner.engines.base import Engine, TaskRejected
 from inferswarm.miner.hardware import usage_now
+from inferswarm.miner.identity import MinerIdentity
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
+    Challenge,
+    ChallengeAnswer,
     Draining,
     HardwareProfile,
     Heartbeat,
@@ -34,14 +37,17 @@ from inferswarm.protocol import (
     Refused,
     Register,
     Registered,
+    RouterMessage,
     TaskAssign,
     TaskCancel,
+    TaskChunk,
     TaskDone,
     TaskFailed,
     TaskId,
     encode,
     parse_router_message,
 )
+from inferswarm.protocol.signing import text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ class MinerRefused(Exception):
 @dataclass(frozen=True)
 class AgentSettings:
     router_url: str
-    miner_id: MinerId
+    identity: MinerIdentity
     name: str
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
@@ -90,10 +96,15 @@ class MinerAgent:
         self._refusals: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
 
+    @property
+    def miner_id(self) -> MinerId:
+        return self._settings.identity.miner_id
+
     def registration(self) -> Register:
         return Register(
             protocol_version=PROTOCOL_VERSION,
-            miner_id=self._settings.miner_id,
+            miner_id=self.miner_id,
+            public_key=self._settings.identity.public_key,
             name=self._settings.name,
             engine=self._engine.name,
             hardware=self._hardware,
@@ -126,9 +137,11 @@ class MinerAgent:
 
     async def _serve(self, ws: ClientConnection) -> None:
         await ws.send(encode(self.registration()))
-        reply = parse_router_message(
-            await asyncio.wait_for(ws.recv(), self._settings.handshake_timeout_s)
-        )
+        reply = await self._reply(ws)
+        if isinstance(reply, Challenge):
+            signature = self._settings.identity.answer_challenge(reply.nonce)
+            await ws.send(encode(ChallengeAnswer(signature=signature)))
+            reply = await self._reply(ws)
         if isinstance(reply, Refused):
             raise MinerRefused(reply.reason)
         if not isinstance(reply, Registered):
@@ -145,6 +158,11 @@ class MinerAgent:
         finally:
             heartbeat.cancel()
 
+    async def _reply(self, ws: ClientConnection) -> RouterMessage:
+        return parse_router_message(
+            await asyncio.wait_for(ws.recv(), self._settings.handshake_timeout_s)
+        )
+
     def _handle(self, ws: ClientConnection, frame: str | bytes) -> None:
         try:
             message = parse_router_message(frame)
@@ -152,13 +170,8 @@ class MinerAgent:
             log.warning("ignoring a malformed frame from the router: %s", exc)
             return
         if isinstance(message, TaskAssign):
-            if self.draining:  # assigned before the router heard we are leaving
-                refusal = TaskFailed(
-                    task_id=message.task_id,
-                    code="engine_error",
-                    message="the miner is shutting down",
-                    retryable=True,
-                )
+            refusal = self._refusal(message)
+            if refusal is not None:
                 self._refusals.add(refusal_task := asyncio.create_task(_send(ws, refusal)))
                 refusal_task.add_done_callback(self._refusals.discard)
                 return
@@ -169,6 +182,27 @@ class MinerAgent:
             running = self._running.get(message.task_id)
             if running is not None:
                 running.cancel()
+
+    def _refusal(self, task: TaskAssign) -> TaskFailed | None:
+        if self.draining:  # assigned before the router heard we are leaving
+            return TaskFailed(
+                task_id=task.task_id,
+                code="engine_error",
+                message="the miner is shutting down",
+                retryable=True,
+            )
+        if task.model_hash and task.model_hash != self._model_hash(task):
+            return TaskFailed(
+                task_id=task.task_id,
+                code="model_not_loaded",
+                message=f"this miner's file for {task.model} is not the one pinned "
+                f"(sha256 {task.model_hash[:12]}…)",
+                retryable=True,
+            )
+        return None
+
+    def _model_hash(self, task: TaskAssign) -> str:
+        return next((o.file_hash for o in self._engine.offers() if o.name == task.model), "")
 
     async def _run(self, ws: ClientConnection, task: TaskAssign) -> None:
         try:
@@ -203,16 +237,34 @@ class MinerAgent:
     async def _generate(self, ws: ClientConnection, task: TaskAssign) -> None:
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         producer = asyncio.create_task(self._produce(task, queue))
+        sent: list[str] = []
         try:
             while True:
                 for item in await next_batch(queue):
                     if isinstance(item, BaseException):
                         raise item
+                    if isinstance(item, TaskChunk):
+                        sent.append(item.text)
+                    elif isinstance(item, TaskDone):
+                        item = self._signed(task, item, "".join(sent))
                     await ws.send(encode(item))
                     if isinstance(item, TaskDone):
                         return
         finally:
             producer.cancel()
+
+    def _signed(self, task: TaskAssign, done: TaskDone, output: str) -> TaskDone:
+        """The result with the miner's signature over task, model file and output."""
+        model_hash = self._model_hash(task)
+        output_sha256 = text_sha256(output)
+        signature = self._settings.identity.sign_result(task.task_id, model_hash, output_sha256)
+        return done.model_copy(
+            update={
+                "model_hash": model_hash,
+                "output_sha256": output_sha256,
+                "signature": signature,
+            }
+        )
 
     async def _produce(self, task: TaskAssign, queue: asyncio.Queue[StreamItem]) -> None:
         try:

@@ -4,6 +4,8 @@ from inferswarm.protocol.ids import MinerId, ModelName, TaskId
 from inferswarm.protocol.messages import (
     PROTOCOL_VERSION,
     Capability,
+    Challenge,
+    ChallengeAnswer,
     ChatMessage,
     Draining,
     FailureCode,
@@ -32,6 +34,8 @@ from inferswarm.protocol.messages import (
 __all__ = [
     "PROTOCOL_VERSION",
     "Capability",
+    "Challenge",
+    "ChallengeAnswer",
     "ChatMessage",
     "Draining",
     "FailureCode",

@@ -6,12 +6,14 @@ carries one message. ``parse_message`` turns a frame into the right model.
 Flow::
 
     miner                          router
-      | -- Register --------------->  |
+      | -- Register --------------->  |   (carries the miner's ed25519 public key)
+      | <--------------- Challenge -- |   (or Refused, then close)
+      | -- ChallengeAnswer -------->  |   (signature over nonce and miner id)
       | <-------------- Registered -- |   (or Refused, then close)
       | -- Heartbeat (every ~1 s) ->  |
       | <-------------- TaskAssign -- |
       | -- TaskChunk ... ---------->  |   (one per generated piece of text)
-      | -- TaskDone | TaskFailed -->  |
+      | -- TaskDone | TaskFailed -->  |   (TaskDone signed: task, model hash, output hash)
       | <-------------- TaskCancel -- |   (client went away)
 """
 
@@ -23,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from inferswarm.protocol.ids import MinerId, ModelName, TaskId
 
-PROTOCOL_VERSION = 1
-"""Bumped on any incompatible change; a router refuses miners of another version."""
+PROTOCOL_VERSION = 2
+"""Bumped on any incompatible change; a router refuses miners of another version.
+Version 2: miners register with a signed challenge and sign every result."""
 
 
 class _Message(BaseModel):
@@ -93,6 +96,20 @@ class Register(_Message):
     slots: int = Field(ge=1)
     claimed_tokens_per_s: float | None = Field(default=None, ge=0)
     software_version: str = ""
+    public_key: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    """The miner's ed25519 public key (hex); ``miner_id`` must derive from it."""
+
+
+class Challenge(_Message):
+    """Sign ``nonce`` with the key you registered (``signing.challenge_payload``)."""
+
+    type: Literal["challenge"] = "challenge"
+    nonce: str = Field(min_length=16, max_length=128)
+
+
+class ChallengeAnswer(_Message):
+    type: Literal["challenge_answer"] = "challenge_answer"
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
 
 
 class Registered(_Message):
@@ -159,6 +176,9 @@ class TaskAssign(_Message):
     messages: tuple[ChatMessage, ...] | None = None
     sampling: SamplingParams
     resume: Resume | None = None
+    model_hash: str = ""
+    """When set, only a miner whose model file has this SHA-256 may run the task,
+    so results compared for verification all come from the same file."""
 
 
 class TaskCancel(_Message):
@@ -184,6 +204,12 @@ class TaskDone(_Message):
     finish_reason: FinishReason
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    model_hash: str = ""
+    """SHA-256 of the model file that produced the output."""
+    output_sha256: str = ""
+    """SHA-256 of the UTF-8 text of every chunk of this task, concatenated."""
+    signature: str = ""
+    """ed25519 over ``signing.result_payload(task_id, model_hash, output_sha256)``."""
 
 
 FailureCode = Literal[
@@ -203,11 +229,11 @@ class TaskFailed(_Message):
 
 
 MinerMessage = Annotated[
-    Register | Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed,
+    Register | ChallengeAnswer | Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed,
     Field(discriminator="type"),
 ]
 RouterMessage = Annotated[
-    Registered | Refused | TaskAssign | TaskCancel, Field(discriminator="type")
+    Registered | Refused | Challenge | TaskAssign | TaskCancel, Field(discriminator="type")
 ]
 
 _MINER_MESSAGES: TypeAdapter[MinerMessage] = TypeAdapter(MinerMessage)

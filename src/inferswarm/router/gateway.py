@@ -1,25 +1,31 @@
 """The miner gateway: ``GET /miner/ws``, the WebSocket that miners dial.
 
-The first frame must be a ``Register`` of our protocol version; anything else
-is answered with ``Refused`` and a close, so the miner operator reads why.
+The first frame must be a ``Register`` of our protocol version, whose miner id
+derives from its public key; the router then sends a random challenge that the
+miner must sign with that key. Anything else is answered with ``Refused`` and a
+close, so the miner operator reads why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
+    Challenge,
+    ChallengeAnswer,
     Refused,
     Register,
     Registered,
     encode,
     parse_miner_message,
 )
+from inferswarm.protocol.signing import challenge_payload, miner_id_for, verify_signature
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.settings import RouterSettings
 
@@ -55,8 +61,8 @@ async def serve_miner(
         while True:
             frame = await websocket.receive_text()
             message = parse_miner_message(frame)
-            if isinstance(message, Register):
-                raise ValueError("a second register frame on one connection")
+            if isinstance(message, Register | ChallengeAnswer):
+                raise ValueError(f"a {message.type} frame after registration")
             registry.on_message(conn, message)
     except WebSocketDisconnect:
         pass
@@ -87,7 +93,42 @@ async def _handshake(websocket: WebSocket, settings: RouterSettings) -> Register
             f"version {PROTOCOL_VERSION}. Upgrade inferswarm on the miner or the router so they match.",
         )
         return None
+    if not await _proves_identity(websocket, message, settings):
+        return None
     return message
+
+
+async def _proves_identity(
+    websocket: WebSocket, register: Register, settings: RouterSettings
+) -> bool:
+    """The miner id derives from the public key and the miner signs our challenge with it."""
+    if not register.public_key:
+        await _refuse(websocket, "the register message has no public_key; upgrade inferswarm")
+        return False
+    if register.miner_id != miner_id_for(register.public_key):
+        await _refuse(
+            websocket,
+            f"miner id {register.miner_id} does not derive from the public key sent "
+            f"(expected {miner_id_for(register.public_key)}); ids are not chosen, they come from the key",
+        )
+        return False
+    nonce = secrets.token_hex(16)
+    await websocket.send_text(encode(Challenge(nonce=nonce)))
+    try:
+        frame = await asyncio.wait_for(websocket.receive_text(), settings.register_timeout_s)
+        answer = parse_miner_message(frame)
+    except (TimeoutError, WebSocketDisconnect):
+        return False
+    except (ValidationError, KeyError, RuntimeError) as exc:
+        await _refuse(websocket, f"expected a challenge_answer: {exc}")
+        return False
+    payload = challenge_payload(nonce, register.miner_id)
+    if not isinstance(answer, ChallengeAnswer) or not verify_signature(
+        register.public_key, payload, answer.signature
+    ):
+        await _refuse(websocket, "the challenge was not signed with the key of this miner id")
+        return False
+    return True
 
 
 async def _refuse(websocket: WebSocket, reason: str) -> None:

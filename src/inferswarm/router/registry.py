@@ -8,6 +8,7 @@ the scheduler sees only an immutable ``Snapshot``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -27,9 +28,12 @@ from inferswarm.protocol import (
     TaskId,
     encode,
 )
+from inferswarm.protocol.signing import result_payload, verify_signature
 from inferswarm.router.affinity import PrefixIndex, SessionMap
 from inferswarm.router.capacity import SpeedTracker, claimed_speed
 from inferswarm.router.schedule import MinerState, MinerView, Snapshot, tier_for
+from inferswarm.router.verify.book import ReputationBook
+from inferswarm.router.verify.reputation import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ MIN_TTFT_SAMPLES = 20
 """TTFTs kept per tier for the hedging delay, and how many it needs."""
 
 CapacityListener = Callable[[int], None]
+ResultListener = Callable[["MinerConnection", TaskDone], None]
+"""Told of every result whose signature verified (the ledger writes it)."""
 
 
 @dataclass
@@ -74,8 +80,12 @@ class TaskInFlight:
     started_at: float
     expected_tokens: int
     concurrency: int
+    model_hash: str = ""
+    """The file hash the miner offered for the task's model when it was assigned."""
     first_token_at: float | None = None
     tokens: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    """SHA-256 of the text received so far, to check the miner's signed hash."""
 
     @property
     def remaining_tokens(self) -> int:
@@ -129,7 +139,23 @@ class MinerConnection:
     def miner_id(self) -> MinerId:
         return self.info.miner_id
 
-    def view(self, banned: bool = False) -> MinerView:
+    def model_hash(self, model: ModelName) -> str:
+        return next((o.file_hash for o in self.info.models if o.name == model), "")
+
+    def forgery(self, task: TaskInFlight, done: TaskDone) -> str | None:
+        """Why this result must not be trusted, or None when its signature holds."""
+        if done.model_hash != task.model_hash:
+            return f"it claims model file {done.model_hash[:12]!r}, the miner offered {task.model_hash[:12]!r}"
+        if done.output_sha256 != task.digest.hexdigest():
+            return "its output hash does not match the text the miner sent"
+        payload = result_payload(done.task_id, done.model_hash, done.output_sha256)
+        if not verify_signature(self.info.public_key, payload, done.signature):
+            return "its signature does not verify under the miner's registered key"
+        return None
+
+    def view(
+        self, banned: bool = False, quarantined: bool = False, reputation: float = 1.0
+    ) -> MinerView:
         return MinerView(
             miner_id=self.miner_id,
             state=self.state,
@@ -139,12 +165,18 @@ class MinerConnection:
             speed=self.speed.effective(),
             queued_tokens=sum(t.remaining_tokens for t in self.tasks.values()),
             banned=banned,
+            quarantined=quarantined,
+            reputation=reputation,
         )
 
 
 class MinerRegistry:
-    def __init__(self, clock: Clock, heartbeat_timeout_s: float) -> None:
+    def __init__(
+        self, clock: Clock, heartbeat_timeout_s: float, book: ReputationBook | None = None
+    ) -> None:
         self._clock = clock
+        self.book = book or ReputationBook()
+        self._result_listeners: list[ResultListener] = []
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._miners: dict[MinerId, MinerConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -169,8 +201,9 @@ class MinerRegistry:
         ban = self.bans.get(miner_id)
         return ban is not None and ban.until > (self._clock() if now is None else now)
 
-    def penalize(self, miner_id: MinerId, reason: str) -> None:
+    def penalize(self, miner_id: MinerId, reason: str, outcome: Outcome = Outcome.ERROR) -> None:
         """Ban a miner that failed a task; repeated failures double the ban."""
+        self.book.record(miner_id, outcome)
         now = self._clock()
         previous = self.bans.get(miner_id)
         # Doubling is for failures in a row: long after the last ban, start short again.
@@ -183,8 +216,18 @@ class MinerRegistry:
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
-        views = [conn.view(self.is_banned(conn.miner_id, now)) for conn in self._miners.values()]
+        views = [
+            conn.view(
+                self.is_banned(conn.miner_id, now),
+                self.book.is_quarantined(conn.miner_id),
+                self.book.score(conn.miner_id),
+            )
+            for conn in self._miners.values()
+        ]
         return Snapshot.of(views, self.prefixes.view(), self.sessions.view())
+
+    def on_result(self, listener: ResultListener) -> None:
+        self._result_listeners.append(listener)
 
     def on_capacity(self, listener: CapacityListener) -> None:
         self._capacity_listeners.append(listener)
@@ -252,9 +295,14 @@ class MinerRegistry:
             if task.first_token_at is None:
                 task.first_token_at = conn.last_seen
             task.tokens += message.tokens
+            task.digest.update(message.text.encode())
             conn.generated_tokens += message.tokens
         else:
             del conn.tasks[message.task_id]
+            if isinstance(message, TaskDone):
+                forgery = conn.forgery(task, message)
+                if forgery is not None:
+                    message = self._reject_forgery(conn, message, forgery)
             if isinstance(message, TaskDone):
                 conn.completed += 1
                 conn.observe(task, message, conn.last_seen)
@@ -264,10 +312,28 @@ class MinerRegistry:
                 ban = self.bans.get(conn.miner_id)
                 if ban is not None and ban.until <= conn.last_seen:
                     del self.bans[conn.miner_id]  # served well again: the next ban starts short
+                self.book.record(conn.miner_id, Outcome.COMPLETED)
+                for listener in self._result_listeners:
+                    listener(conn, message)
             else:
                 conn.failed += 1
             self._freed(1)
         task.events.put_nowait(message)
+
+    def _reject_forgery(self, conn: MinerConnection, done: TaskDone, why: str) -> TaskFailed:
+        log.warning(
+            "miner %s sent a result for %s that fails verification: %s",
+            conn.miner_id,
+            done.task_id,
+            why,
+        )
+        self.book.record(conn.miner_id, Outcome.FORGED)
+        return TaskFailed(
+            task_id=done.task_id,
+            code="engine_error",
+            message=f"the result of miner {conn.miner_id} was rejected: {why}",
+            retryable=True,
+        )
 
     async def start_task(
         self,
@@ -285,6 +351,7 @@ class MinerRegistry:
             started_at=self._clock(),
             expected_tokens=expected_tokens,
             concurrency=len(conn.tasks) + 1,
+            model_hash=conn.model_hash(task.model),
         )
         self.prefixes.record(miner_id, prefix, keep=conn.info.slots)
         if session:

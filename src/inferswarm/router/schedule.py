@@ -50,6 +50,13 @@ class Policy(StrEnum):
 class MinerState(StrEnum):
     LIVE = "live"
     DRAINING = "draining"
+    QUARANTINED = "quarantined"
+    """Shown, never scheduled: the registry reports it from the reputation book."""
+
+
+MIN_REPUTATION_WEIGHT = 0.1
+TRUSTED_REPUTATION = 0.7
+"""Miners at or above this score are scheduled on speed alone (new miners start at 0.8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,10 @@ class MinerView:
     """Expected tokens still to generate for the tasks already on this miner."""
     quarantined: bool = False
     """Excluded outright (reputation)."""
+    reputation: float = 1.0
+    """0..1. Below ``TRUSTED_REPUTATION`` the expected completion time is
+    stretched in proportion, so a miner on probation gets work only when the
+    trusted ones are much busier."""
     banned: bool = False
     """Failed recently: used only when no miner that is not banned can take the task."""
 
@@ -343,12 +354,16 @@ def _capacity_aware(
     fallback = _fallback_speed(candidates)
     prompt, output = task.prompt_tokens, task.expected_output_tokens
     best = candidates[0]
-    best_s = _completion_s(prompt, output, best, fallback)
+    best_s = _completion_s(prompt, output, best, fallback) / _trust(best)
     for miner in candidates[1:]:
-        cost = _completion_s(prompt, output, miner, fallback)
+        cost = _completion_s(prompt, output, miner, fallback) / _trust(miner)
         if cost < best_s or (cost == best_s and miner.miner_id < best.miner_id):
             best, best_s = miner, cost
     return best, f"expected completion {best_s:.2f} s"
+
+
+def _trust(miner: MinerView) -> float:
+    return max(MIN_REPUTATION_WEIGHT, min(1.0, miner.reputation / TRUSTED_REPUTATION))
 
 
 def cached_prefix_tokens(task: TaskNeeds, miner: MinerView, snapshot: Snapshot) -> int:
@@ -371,7 +386,7 @@ def _cache_aware(
     lightest = min(m.load for m in candidates)
     best: tuple[float, MinerId, MinerView, int] | None = None
     for miner in candidates:
-        cost = expected_completion_s(task, miner, fallback)
+        cost = expected_completion_s(task, miner, fallback) / _trust(miner)
         cached = cached_prefix_tokens(task, miner, snapshot)
         if cached and miner.load - lightest <= CACHE_LOAD_GUARD:
             cost -= min(cached, task.prompt_tokens) / (miner.speed or fallback or _UNKNOWN).prompt

@@ -11,6 +11,8 @@ from inferswarm.storage.records import (
     FileRecord,
     JobRecord,
     JobTask,
+    ReputationRecord,
+    ResultRecord,
     TaskState,
 )
 from inferswarm.storage.store import Store
@@ -23,6 +25,8 @@ __all__ = [
     "FileRecord",
     "JobRecord",
     "JobTask",
+    "ReputationRecord",
+    "ResultRecord",
     "Store",
     "TaskState",
 ]

@@ -108,3 +108,35 @@ class JobTask:
     state: TaskState = TaskState.PENDING
     attempts: int = 0
     output: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One signed result in the ledger: who produced what, for which task, on
+    which model file. The signature lets anyone re-check the attribution."""
+
+    task_id: str
+    miner_id: str
+    model: str
+    model_hash: str
+    output_sha256: str
+    signature: str
+    public_key: str
+    created_at: int
+    purpose: str = "request"
+    """request, redundant, spot_check or canary."""
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
+class ReputationRecord:
+    """A miner's reputation evidence, as the router last saved it."""
+
+    miner_id: str
+    good: float
+    bad: float
+    updated_at: float
+    quarantined: bool
+    canary_passes: int
+    passes: int
+    fails: int

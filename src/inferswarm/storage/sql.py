@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -34,6 +36,8 @@ from inferswarm.storage.records import (
     FileRecord,
     JobRecord,
     JobTask,
+    ReputationRecord,
+    ResultRecord,
     TaskState,
 )
 
@@ -107,6 +111,34 @@ job_tasks = Table(
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("output", Text),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("miner_id", String(64), nullable=False, index=True),
+    Column("model", String(256), nullable=False),
+    Column("model_hash", String(64), nullable=False),
+    Column("output_sha256", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("verdict", String(16)),
+)
+
+reputations = Table(
+    "reputations",
+    metadata,
+    Column("miner_id", String(64), primary_key=True),
+    Column("good", Float, nullable=False),
+    Column("bad", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("quarantined", Boolean, nullable=False),
+    Column("canary_passes", Integer, nullable=False),
+    Column("passes", Integer, nullable=False),
+    Column("fails", Integer, nullable=False),
 )
 
 ACTIVE_JOB_STATUSES = ("queued", "running")
@@ -354,6 +386,35 @@ class SqlStore:
                 )
                 .values(state=state.value, output=output, attempts=attempts)
             )
+
+    # verification
+
+    async def record_result(self, record: ResultRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(results).values(**vars(record)))
+
+    async def set_result_verdict(self, task_id: str, verdict: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(results).where(results.c.task_id == task_id).values(verdict=verdict)
+            )
+
+    async def get_result(self, task_id: str) -> ResultRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(results).where(results.c.task_id == task_id))).first()
+        return ResultRecord(**row._mapping) if row else None
+
+    async def save_reputation(self, record: ReputationRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                reputations.delete().where(reputations.c.miner_id == record.miner_id)
+            )
+            await conn.execute(insert(reputations).values(**vars(record)))
+
+    async def load_reputations(self) -> list[ReputationRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(reputations))
+            return [ReputationRecord(**row._mapping) for row in rows]
 
 
 def _file_row(record: FileRecord) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from inferswarm.storage.records import (
     FileRecord,
     JobRecord,
     JobTask,
+    ReputationRecord,
+    ResultRecord,
     TaskState,
 )
 
@@ -80,3 +82,12 @@ class Store(Protocol):
     async def finish_job_task(
         self, job_id: str, key: str, state: TaskState, output: str, attempts: int
     ) -> None: ...
+
+    # verification: the result ledger and the reputation book
+    async def record_result(self, record: ResultRecord) -> None: ...
+    async def set_result_verdict(self, task_id: str, verdict: str) -> None: ...
+    async def get_result(self, task_id: str) -> ResultRecord | None: ...
+    async def save_reputation(self, record: ReputationRecord) -> None:
+        """Insert or replace the miner's row."""
+
+    async def load_reputations(self) -> list[ReputationRecord]: ...

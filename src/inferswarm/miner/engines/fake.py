@@ -7,6 +7,7 @@ latency, and can be told to fail a share of tasks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class FakeEngine:
             ModelOffer(
                 name=ModelName(self.config.model),
                 context_length=self.config.context_length,
+                # Fakes of one model name stand for the same file.
+                file_hash=hashlib.sha256(f"fake:{self.config.model}".encode()).hexdigest(),
                 quantization="fake",
                 capability=self.capability,
             ),

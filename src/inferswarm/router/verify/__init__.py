@@ -1,0 +1,1 @@
+"""Verification: consensus over redundant runs, spot checks, reputation, the result ledger."""
