@@ -12,6 +12,8 @@ from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
+from inferswarm.router.verify.consensus import DEFAULT_SEMANTIC_THRESHOLD, Consensus
+from inferswarm.router.verify.options import VerifySettings
 
 
 def router(
@@ -121,6 +123,36 @@ def router(
     hedge_delay: Annotated[
         float, typer.Option(min=0.01, help="Hedging delay until a tier has enough TTFT samples.")
     ] = 2.0,
+    redundancy: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Run every task on this many distinct miners and answer with their consensus "
+            "(per request: extra_body={'inferswarm': {'redundancy': 3}}).",
+            envvar="INFERSWARM_REDUNDANCY",
+        ),
+    ] = 1,
+    consensus: Annotated[
+        Consensus,
+        typer.Option(
+            help="exact: greedy, fixed seed, identical text; semantic: sentence-embedding "
+            "similarity (needs the 'verify' extra).",
+            envvar="INFERSWARM_CONSENSUS",
+        ),
+    ] = Consensus.EXACT,
+    semantic_threshold: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Cosine similarity below which an output disagrees."),
+    ] = DEFAULT_SEMANTIC_THRESHOLD,
+    spot_check_rate: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of finished greedy tasks re-run on other miners to check them.",
+            envvar="INFERSWARM_SPOT_CHECK_RATE",
+        ),
+    ] = 0.0,
     drain_timeout: Annotated[
         float,
         typer.Option(min=0, help="On SIGTERM, seconds in-flight requests may take to finish."),
@@ -148,6 +180,12 @@ def router(
         hedge=hedge,
         queue_timeout_s=queue_timeout,
         heartbeat_timeout_s=heartbeat_timeout,
+        verify=VerifySettings(
+            redundancy=redundancy,
+            consensus=consensus,
+            semantic_threshold=semantic_threshold,
+            spot_check_rate=spot_check_rate,
+        ),
         limits=DispatchLimits(
             max_attempts=max_attempts,
             first_token_timeout_s=first_token_timeout,

@@ -57,10 +57,12 @@ def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
         "slots busy/total",
         "tokens/s",
         "done/failed",
+        "reputation",
         "state",
     ):
         table.add_column(
-            column, justify="right" if column in ("tokens/s", "done/failed") else "left"
+            column,
+            justify="right" if column in ("tokens/s", "done/failed", "reputation") else "left",
         )
     for m in miners:
         speed = m.get("tokens_per_s")
@@ -73,7 +75,8 @@ def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
             f"{m['busy']}/{m['slots']}",
             f"{speed:.1f}" if speed else "-",
             f"{m.get('completed', 0)}/{m.get('failed', 0)}",
-            m["state"],
+            f"{m['reputation']:.2f}" if m.get("reputation") is not None else "-",
+            f"[red]{m['state']}[/red]" if m["state"] == "quarantined" else m["state"],
         )
     return table
 

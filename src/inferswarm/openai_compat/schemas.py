@@ -30,6 +30,10 @@ class InferswarmOptions(BaseModel):
     policy: str | None = None
     session: str | None = Field(default=None, max_length=256)
     hedge: bool | None = None
+    redundancy: int | None = Field(default=None, ge=1, le=9)
+    """Run each task on this many distinct miners and answer with their consensus."""
+    consensus: str | None = None
+    """exact (greedy, fixed seed, same tokens) or semantic (embedding similarity)."""
 
 
 class _Request(BaseModel):

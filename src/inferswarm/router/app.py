@@ -27,6 +27,8 @@ from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
+from inferswarm.router.verify.reputation import Outcome, Standing
+from inferswarm.router.verify.service import Verifier
 from inferswarm.storage import BlobDir, Store
 from inferswarm.storage.sql import open_store
 
@@ -65,6 +67,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         await runner.start()
         app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry)
         await app.state.job_runner.start()
+        await app.state.verifier.start(store)
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         try:
             yield
@@ -72,6 +75,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             watchdog.cancel()
             await runner.stop()
             await app.state.job_runner.stop()
+            await app.state.verifier.stop()
             await store.close()
             for conn in registry.connections():
                 await registry.remove(conn, "the router is shutting down")
@@ -91,6 +95,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.started_at = time.time()
     app.state.draining = False
     app.state.metrics = RouterMetrics(registry)
+    app.state.verifier = _verifier(app, settings, registry)
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -132,6 +137,24 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         await serve_miner(websocket, registry, settings)
 
     return app
+
+
+def _verifier(app: FastAPI, settings: RouterSettings, registry: MinerRegistry) -> Verifier:
+    verifier = Verifier(registry, app.state.dispatcher, settings.verify)
+    metrics: RouterMetrics = app.state.metrics
+    verifier.on_verdict(
+        lambda purpose, consensus, verdict: metrics.verifications.labels(
+            purpose, consensus.value, verdict.status.value
+        ).inc()
+    )
+
+    def count(miner_id: object, outcome: Outcome, before: Standing, after: Standing) -> None:
+        metrics.reputation_outcomes.labels(outcome.value).inc()
+        if after.quarantined and not before.quarantined:
+            metrics.quarantines.inc()
+
+    registry.book.on_outcome(count)
+    return verifier
 
 
 async def _expire_silent_miners(

@@ -52,6 +52,7 @@ from inferswarm.router.schedule import (
     TaskNeeds,
     choose_miner,
 )
+from inferswarm.router.verify.reputation import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ class Job:
     session: str | None = None
     policy: Policy | None = None
     hedge: bool = False
+    avoid: frozenset[MinerId] = frozenset()
+    """Miners this job must not run on (a spot check avoids the miner it checks)."""
+    claimed: set[MinerId] | None = None
+    """Shared by the redundant copies of one task: each adds its miner, so
+    every copy runs on a different miner."""
+    model_hash: str = ""
+    """Run only on miners whose model file has this SHA-256 (verification)."""
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""
@@ -110,15 +118,17 @@ class Job:
             messages=self.messages,
             sampling=sampling,
             resume=resume,
+            model_hash=self.model_hash,
         )
 
 
 class _Retry(Exception):
     """This attempt failed before any output; try another miner."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, outcome: Outcome = Outcome.ERROR) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.outcome = outcome
 
 
 class _Migrate(_Retry):
@@ -189,7 +199,7 @@ class Dispatcher:
         after it, the stream migrates: another miner continues from the text
         already sent, so the client sees one uninterrupted answer.
         """
-        tried: set[MinerId] = set()
+        tried: set[MinerId] = set(job.avoid)
         failures: list[str] = []
         text = job.prompt_text()
         placement = _Placement(min_prompt_tokens(text), prefix_blocks(text))
@@ -207,6 +217,8 @@ class Dispatcher:
                     code="miner_lost",
                 ) from None
             tried.add(miner_id)
+            if job.claimed is not None:
+                job.claimed.add(miner_id)
             before = progress.tokens
             try:
                 resume = progress.resume()
@@ -225,7 +237,7 @@ class Dispatcher:
                             yield _whole_job_usage(event, before)
                             return
             except _Migrate as lost:
-                self._registry.penalize(miner_id, lost.reason)
+                self._registry.penalize(miner_id, lost.reason, lost.outcome)
                 if progress.migrations >= self._limits.max_migrations:
                     raise UpstreamFailed(
                         f"{lost.reason}; the stream already moved {progress.migrations} times",
@@ -248,7 +260,7 @@ class Dispatcher:
                     return
                 tried = {miner_id}  # only the lost miner is out; the ban keeps it out
             except _Retry as retry:
-                self._registry.penalize(miner_id, retry.reason)
+                self._registry.penalize(miner_id, retry.reason, retry.outcome)
                 log.warning("task on %s failed before output: %s", miner_id, retry.reason)
                 failures.append(retry.reason)
                 attempts += 1
@@ -288,11 +300,18 @@ class Dispatcher:
         )
 
     def _decide(self, job: Job, placement: _Placement, tried: set[MinerId]) -> Decision:
+        exclude = set(tried) | (job.claimed or set())
+        if job.model_hash:
+            exclude |= {
+                c.miner_id
+                for c in self._registry.connections()
+                if c.model_hash(job.model) != job.model_hash
+            }
         needs = TaskNeeds(
             model=job.model,
             prompt_tokens=placement.prompt_tokens,
             max_tokens=job.sampling.max_tokens,
-            exclude=frozenset(tried),
+            exclude=frozenset(exclude),
             sequence=next(self._sequence),
             seed=self._seeds.getrandbits(64),
             prefix_blocks=placement.prefix,
@@ -385,7 +404,7 @@ class Dispatcher:
         except TimeoutError:
             what = "the next token" if produced else "the first token"
             reason = f"miner {miner_id} sent no {what} within {wait_s:g} s"
-            raise (_Migrate if produced else _Retry)(reason) from None
+            raise (_Migrate if produced else _Retry)(reason, Outcome.TIMEOUT) from None
 
 
 def _failure(event: TaskFailed | MinerLost, produced: bool) -> Exception:

@@ -52,6 +52,21 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "inferswarm_requests_running", "Requests in flight.", registry=self.registry
         )
+        self.verifications = Counter(
+            "inferswarm_verifications",
+            "Verifications by purpose (redundant, spot_check, canary), consensus and verdict.",
+            ["purpose", "consensus", "verdict"],
+            registry=self.registry,
+        )
+        self.reputation_outcomes = Counter(
+            "inferswarm_reputation_outcomes",
+            "Outcomes recorded in the reputation book (pass, fail, forged, timeout, ...).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.quarantines = Counter(
+            "inferswarm_quarantines", "Times a miner was quarantined.", registry=self.registry
+        )
         self.registry.register(_MinerCollector(miners))
 
 
@@ -72,14 +87,26 @@ class _MinerCollector(Collector):
             "Aggregate generation speed the router believes.",
             labels=labels,
         )
+        reputation = GaugeMetricFamily(
+            "inferswarm_miner_reputation", "Reputation score, 0 to 1.", labels=labels
+        )
         for conn in self._miners.connections():
             key = [conn.miner_id, conn.info.name, str(conn.tier)]
+            reputation.add_metric(key, self._miners.book.score(conn.miner_id))
             slots.add_metric(key, conn.info.slots)
             busy.add_metric(key, len(conn.tasks))
             speed.add_metric(key, conn.tokens_per_s or 0.0)
         yield slots
         yield busy
         yield speed
+        yield reputation
+        yield GaugeMetricFamily(
+            "inferswarm_miners_quarantined",
+            "Connected miners in quarantine (only canary tasks).",
+            value=sum(
+                self._miners.book.is_quarantined(c.miner_id) for c in self._miners.connections()
+            ),
+        )
         yield GaugeMetricFamily(
             "inferswarm_miners", "Connected miners.", value=len(self._miners.connections())
         )

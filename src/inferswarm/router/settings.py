@@ -10,6 +10,7 @@ from platformdirs import user_data_path
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
+from inferswarm.router.verify.options import VerifySettings
 
 
 def default_data_dir() -> Path:
@@ -41,6 +42,7 @@ class RouterSettings:
     """Before a failed batch task is tried again; doubles with each attempt."""
     task_max_attempts: int = 5
     limits: DispatchLimits = field(default_factory=DispatchLimits)
+    verify: VerifySettings = field(default_factory=VerifySettings)
 
     def database_url(self) -> str:
         return self.store_url or f"sqlite+aiosqlite:///{self.data_dir / 'router.db'}"

@@ -21,6 +21,7 @@ from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.completion import (
     Caller,
     Plan,
+    Runner,
     chat_response,
     collect_all,
     completion_response,
@@ -31,6 +32,7 @@ from inferswarm.router.completion import (
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
+from inferswarm.router.verify.service import Report, Verifier
 
 router = APIRouter()
 
@@ -42,10 +44,11 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
     plan = plan_chat(body, caller_of(request), request.app.state.registry)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    run, reports = _runner(request, body)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _chat_sse)
-    results = await collect_all(plan, lambda job: measured(request, job))
-    return JSONResponse(chat_response(request_id, body, plan, results))
+        return await _stream(plan, request, body, request_id, _chat_sse, run, reports)
+    results = await collect_all(plan, run)
+    return _verified(chat_response(request_id, body, plan, results), reports)
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
@@ -53,10 +56,47 @@ async def completions(request: Request) -> Response:
     body = await parse_body(request, schemas.CompletionRequest)
     plan = plan_completion(body, caller_of(request), request.app.state.registry)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    run, reports = _runner(request, body)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _text_sse)
-    results = await collect_all(plan, lambda job: measured(request, job))
-    return JSONResponse(completion_response(request_id, body, plan, results))
+        return await _stream(plan, request, body, request_id, _text_sse, run, reports)
+    results = await collect_all(plan, run)
+    return _verified(completion_response(request_id, body, plan, results), reports)
+
+
+Reports = dict[int, Report]
+"""Verification reports by the id of the job they verified."""
+
+
+def _runner(
+    request: Request, body: schemas.ChatCompletionRequest | schemas.CompletionRequest
+) -> tuple[Runner, Reports]:
+    """How each job runs: once, or on k miners with consensus when asked."""
+    verifier: Verifier = request.app.state.verifier
+    options = body.inferswarm
+    k, consensus = verifier.options(
+        options.redundancy if options else None, options.consensus if options else None
+    )
+    reports: Reports = {}
+    if k <= 1:
+        return (lambda job: measured(request, job)), reports
+
+    async def redundant(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        text, done, report = await verifier.run_redundant(job, k, consensus)
+        reports[id(job)] = report
+        if text:
+            yield TaskChunk(task_id=done.task_id, text=text, tokens=done.completion_tokens)
+        yield done
+
+    return redundant, reports
+
+
+def _verified(payload: dict[str, Any], reports: Reports) -> Response:
+    if not reports:
+        return JSONResponse(payload)
+    ordered = list(reports.values())
+    payload["inferswarm"] = {"verification": [r.as_dict() for r in ordered]}
+    worst = min(ordered, key=lambda r: len(r.verdict.agreeing) / len(r.miners))
+    return JSONResponse(payload, headers={"X-Inferswarm-Verification": worst.header()})
 
 
 def caller_of(request: Request) -> Caller:
@@ -75,13 +115,17 @@ async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | Tas
     outcome = "cancelled"
     first_token = True
     metrics.in_flight.inc()
+    parts: list[str] = []
     try:
         async with aclosing(_dispatcher(request).run(job)) as events:
             async for event in events:
+                if isinstance(event, TaskChunk):
+                    parts.append(event.text)
                 if isinstance(event, TaskChunk) and first_token:
                     first_token = False
                     metrics.ttft.labels(model).observe(time.perf_counter() - started)
                 elif isinstance(event, TaskDone):
+                    request.app.state.verifier.after_task(job, event, "".join(parts))
                     outcome = "ok"
                     metrics.e2e.labels(model).observe(time.perf_counter() - started)
                     metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
@@ -109,8 +153,10 @@ async def _stream(
     body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
     request_id: str,
     render: SseRenderer,
+    run: Runner,
+    reports: Reports,
 ) -> Response:
-    events = merge_streams([measured(request, job) for job in plan.jobs])
+    events = merge_streams([run(job) for job in plan.jobs])
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
@@ -152,9 +198,11 @@ async def _stream(
             yield _sse(schemas.usage_chunk(request_id, body.model, created, obj, usage))
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(
-        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    headers = {"Cache-Control": "no-cache"}
+    if reports:  # redundant runs finished before the first event: all verdicts are in
+        worst = min(reports.values(), key=lambda r: len(r.verdict.agreeing) / len(r.miners))
+        headers["X-Inferswarm-Verification"] = worst.header()
+    return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
 
 def _chat_sse(

@@ -6,25 +6,39 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from inferswarm.router.registry import MinerConnection
+from inferswarm.router.registry import MinerConnection, MinerRegistry
+from inferswarm.router.schedule import MinerState
+from inferswarm.router.verify.book import ReputationBook
 
 router = APIRouter()
 
 
 @router.get("/v1/miners")
 async def list_miners(request: Request) -> dict[str, Any]:
-    registry = request.app.state.registry
+    registry: MinerRegistry = request.app.state.registry
     now: float = request.app.state.clock()
-    return {"object": "list", "data": [describe(conn, now) for conn in registry.connections()]}
+    return {
+        "object": "list",
+        "data": [describe(conn, now, registry.book) for conn in registry.connections()],
+    }
 
 
-def describe(conn: MinerConnection, now: float) -> dict[str, Any]:
+def describe(conn: MinerConnection, now: float, book: ReputationBook) -> dict[str, Any]:
     info = conn.info
     heartbeat = conn.heartbeat
+    standing = book.standing(conn.miner_id)
+    quarantined = standing.quarantined
     return {
         "id": info.miner_id,
         "name": info.name,
-        "state": conn.state.value,
+        "state": MinerState.QUARANTINED.value if quarantined else conn.state.value,
+        "reputation": round(book.score(conn.miner_id), 4),
+        "verification": {
+            "passed": standing.passes,
+            "failed": standing.fails,
+            "canary_passes": standing.canary_passes,
+        },
+        "public_key": info.public_key,
         "engine": info.engine,
         "models": [offer.name for offer in info.models],
         "model_details": [offer.model_dump() for offer in info.models],

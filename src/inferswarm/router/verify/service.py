@@ -1,0 +1,387 @@
+"""Verification at run time: redundant execution with consensus, spot checks,
+canaries for quarantined miners, and the ledger of signed results.
+
+The verdicts are pure (``consensus``, ``reputation``); this module does the
+I/O around them: it runs tasks through the dispatcher, feeds outcomes to the
+reputation book and writes the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from inferswarm.openai_compat.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed
+from inferswarm.protocol import MinerId, ModelName, SamplingParams, TaskChunk, TaskDone, TaskId
+from inferswarm.router.completion import collect
+from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.registry import MinerConnection, MinerRegistry
+from inferswarm.router.schedule import MinerState
+from inferswarm.router.verify.consensus import (
+    Consensus,
+    Status,
+    Verdict,
+    cosine_similarity,
+    decide,
+    exact_similarity,
+)
+from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, SemanticUnavailable
+from inferswarm.router.verify.options import VerifySettings
+from inferswarm.router.verify.reputation import Outcome
+from inferswarm.storage import ResultRecord, Store
+
+log = logging.getLogger(__name__)
+
+VERIFY_SEED = 0
+"""Seed of redundant and spot-check runs that did not bring one: every miner must
+sample identically for exact consensus."""
+RECENT_RESULTS = 4096
+CANARIES_PER_MODEL = 64
+CANARY_TIMEOUT_S = 60.0
+PROBATION_INTERVAL_S = 1.0
+VERIFICATION_TENANT = "inferswarm-verification"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One miner's signed result for a task."""
+
+    miner_id: MinerId
+    task_id: TaskId
+    model_hash: str
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A task with a verified answer, replayed to quarantined miners."""
+
+    job: Job
+    answer: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the client is told about the verification of one answer."""
+
+    consensus: Consensus
+    verdict: Verdict
+    miners: tuple[MinerId, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consensus": self.consensus.value,
+            "verdict": self.verdict.status.value,
+            "redundancy": len(self.miners),
+            "agreed": list(self.verdict.agreeing),
+            "disagreed": list(self.verdict.disagreeing),
+            "similarity": dict(
+                zip(self.miners, (round(s, 4) for s in self.verdict.similarity), strict=True)
+            ),
+        }
+
+    def header(self) -> str:
+        agreed = len(self.verdict.agreeing)
+        return f"{self.verdict.status.value}; consensus={self.consensus.value}; agreed={agreed}/{len(self.miners)}"
+
+
+VerdictListener = Callable[[str, Consensus, Verdict], None]
+"""Told (purpose, consensus, verdict) of every verification (metrics, events)."""
+
+
+class Verifier:
+    def __init__(
+        self,
+        registry: MinerRegistry,
+        dispatcher: Dispatcher,
+        settings: VerifySettings,
+        embedder: Embedder | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self.settings = settings
+        self._embedder = embedder
+        self._rng = rng or random.Random()
+        self._store: Store | None = None
+        self._runs: OrderedDict[TaskId, Run] = OrderedDict()
+        self._canaries: dict[str, deque[Canary]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._listeners: list[VerdictListener] = []
+        self.spot_checks = 0
+        registry.on_result(self._on_result)
+
+    def on_verdict(self, listener: VerdictListener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self, store: Store) -> None:
+        self._store = store
+        await self._registry.book.attach(store)
+        self._spawn(self._probation())
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._registry.book.flush()
+
+    # the ledger
+
+    def _on_result(self, conn: MinerConnection, done: TaskDone) -> None:
+        self._runs[done.task_id] = Run(conn.miner_id, done.task_id, done.model_hash)
+        while len(self._runs) > RECENT_RESULTS:
+            self._runs.popitem(last=False)
+        if self._store is None:
+            return
+        record = ResultRecord(
+            task_id=done.task_id,
+            miner_id=conn.miner_id,
+            model=next((o.name for o in conn.info.models if o.file_hash == done.model_hash), ""),
+            model_hash=done.model_hash,
+            output_sha256=done.output_sha256,
+            signature=done.signature,
+            public_key=conn.info.public_key,
+            created_at=int(time.time()),
+        )
+        self._spawn(self._store.record_result(record))
+
+    def _mark(self, runs: list[Run], verdict: Verdict) -> None:
+        if self._store is None:
+            return
+        for run in runs:
+            agreed = run.miner_id in verdict.agreeing and verdict.trusted
+            label = "agreed" if agreed else verdict.status.value
+            if verdict.trusted and run.miner_id in verdict.disagreeing:
+                label = "rejected"
+            self._spawn(self._store.set_result_verdict(run.task_id, label))
+
+    # redundant execution
+
+    def options(self, redundancy: int | None, consensus: str | None) -> tuple[int, Consensus]:
+        """The request's choice, else the router's defaults; refused with what to change."""
+        k = redundancy or self.settings.redundancy
+        try:
+            chosen = Consensus(consensus) if consensus else self.settings.consensus
+        except ValueError:
+            raise InvalidRequest(
+                f"Unknown consensus {consensus!r}; choose exact or semantic.",
+                param="inferswarm.consensus",
+            ) from None
+        if chosen is Consensus.SEMANTIC and k > 1 and self._embedder is None:
+            try:
+                self._embedder = MiniLMEmbedder.load()
+            except SemanticUnavailable as exc:
+                raise InvalidRequest(
+                    f"This router cannot do semantic consensus: {exc}.",
+                    param="inferswarm.consensus",
+                    code="semantic_unavailable",
+                ) from None
+        return k, chosen
+
+    async def run_redundant(
+        self, job: Job, k: int, consensus: Consensus
+    ) -> tuple[str, TaskDone, Report]:
+        """Run ``job`` on ``k`` distinct miners of one model file and return the
+        consensus answer. Without consensus nothing is returned: the client
+        asked for a verified answer and none could be verified."""
+        model_hash = self._pin(job.model, k)
+        job = replace(_verifiable(job, consensus), claimed=set(), model_hash=model_hash)
+        outputs = await asyncio.gather(*(collect(self._dispatcher.run(job)) for _ in range(k)))
+        runs = [self._run_of(done) for _, done in outputs]
+        verdict = self._decide([r.miner_id for r in runs], [text for text, _ in outputs], consensus)
+        self._judge("redundant", consensus, runs, verdict)
+        if verdict.answer is None:
+            raise UpstreamFailed(
+                f"The {k} miners that ran this request did not agree ({consensus.value} consensus), "
+                "so no verified answer can be given. Retry; persistent disagreement means "
+                "untrustworthy miners, which the router now trusts less.",
+                code="verification_failed",
+            )
+        text, done = outputs[verdict.answer]
+        self._remember_canary(job, text, verdict)
+        return text, done, Report(consensus, verdict, tuple(r.miner_id for r in runs))
+
+    def _pin(self, model: ModelName, k: int) -> str:
+        """The model file most trusted miners serve; there must be k of them."""
+        counts: dict[str, int] = {}
+        for conn in self._registry.connections():
+            if conn.state is MinerState.LIVE and not self._registry.book.is_quarantined(
+                conn.miner_id
+            ):
+                file_hash = conn.model_hash(model)
+                if any(o.name == model for o in conn.info.models):
+                    counts[file_hash] = counts.get(file_hash, 0) + 1
+        best = max(counts.items(), key=lambda item: item[1], default=("", 0))
+        if best[1] < k:
+            raise ServiceUnavailable(
+                f"Redundancy {k} needs {k} trusted miners serving '{model}' with the same model "
+                f"file; {best[1]} are connected. Lower inferswarm.redundancy or start more miners.",
+                code="not_enough_miners",
+                headers={"Retry-After": "5"},
+            )
+        return best[0]
+
+    def _run_of(self, done: TaskDone) -> Run:
+        run = self._runs.get(done.task_id)
+        if run is None:  # a stream that migrated: no single miner produced it
+            raise UpstreamFailed(
+                "a redundant run moved between miners and cannot be attributed; retry",
+                code="verification_failed",
+            )
+        return run
+
+    def _decide(self, miners: list[MinerId], texts: list[str], consensus: Consensus) -> Verdict:
+        if consensus is Consensus.EXACT:
+            return decide(miners, exact_similarity(texts), 1.0)
+        assert self._embedder is not None
+        vectors = self._embedder.embed(texts)
+        return decide(miners, cosine_similarity(vectors), self.settings.semantic_threshold)
+
+    def _judge(
+        self,
+        purpose: str,
+        consensus: Consensus,
+        runs: list[Run],
+        verdict: Verdict,
+        *,
+        canary: bool = False,
+    ) -> None:
+        if verdict.trusted:
+            for run in runs:
+                passed = run.miner_id in verdict.agreeing
+                outcome = Outcome.PASS if passed else Outcome.FAIL
+                self._registry.book.record(run.miner_id, outcome, canary=canary)
+        self._mark(runs, verdict)
+        for listener in self._listeners:
+            listener(purpose, consensus, verdict)
+
+    # spot checks
+
+    def after_task(self, job: Job, done: TaskDone, text: str) -> None:
+        """With probability ``spot_check_rate``, re-run the finished task
+        elsewhere, later, and judge its miner by the outcome."""
+        if self.settings.spot_check_rate <= 0 or job.tenant == VERIFICATION_TENANT:
+            return
+        if self._rng.random() >= self.settings.spot_check_rate:
+            return
+        run = self._runs.get(done.task_id)
+        if run is None or not _deterministic(job):
+            return  # only what a rerun can reproduce is checked
+        self._spawn(self._spot_check(job, run, text))
+
+    async def _spot_check(self, job: Job, run: Run, text: str) -> None:
+        """One checker; on disagreement a referee, and the majority of three decides."""
+        consensus = Consensus.EXACT
+        check = replace(
+            job,
+            tenant=VERIFICATION_TENANT,
+            avoid=frozenset({run.miner_id}),
+            claimed=set(),
+            model_hash=run.model_hash,
+            hedge=False,
+        )
+        runs, texts = [run], [text]
+        try:
+            for _ in range(2):
+                other, done = await collect(self._dispatcher.run(check))
+                runs.append(self._run_of(done))
+                texts.append(other)
+                verdict = self._decide([r.miner_id for r in runs], texts, consensus)
+                if verdict.status is Status.AGREED:
+                    break
+        except Exception as exc:
+            log.info("spot check of %s could not run: %s", run.task_id, exc)
+            return
+        self.spot_checks += 1
+        self._judge("spot_check", consensus, runs, verdict)
+        self._remember_canary(check, texts[verdict.answer or 0], verdict)
+
+    # canaries
+
+    def _remember_canary(self, job: Job, answer: str, verdict: Verdict) -> None:
+        if verdict.status is Status.NO_CONSENSUS or len(verdict.agreeing) < 2:
+            return
+        if not _deterministic(job):
+            return
+        pool = self._canaries.setdefault(job.model_hash, deque(maxlen=CANARIES_PER_MODEL))
+        canary_job = Job(
+            model=job.model,
+            sampling=job.sampling,
+            prompt=job.prompt,
+            messages=job.messages,
+            tenant=VERIFICATION_TENANT,
+            model_hash=job.model_hash,
+        )
+        pool.append(Canary(canary_job, answer))
+
+    async def _probation(self) -> None:
+        """Quarantined miners get only canaries; passing enough of them releases them."""
+        while True:
+            await asyncio.sleep(PROBATION_INTERVAL_S)
+            for conn in self._registry.connections():
+                if self._registry.book.is_quarantined(conn.miner_id) and not conn.tasks:
+                    canary = self._pick_canary(conn)
+                    if canary is not None:
+                        try:
+                            await self._run_canary(conn, canary)
+                        except Exception:
+                            log.exception("a canary for %s failed to run", conn.miner_id)
+
+    def _pick_canary(self, conn: MinerConnection) -> Canary | None:
+        for offer in conn.info.models:
+            pool = self._canaries.get(offer.file_hash)
+            if pool:
+                return self._rng.choice(list(pool))
+        return None
+
+    async def _run_canary(self, conn: MinerConnection, canary: Canary) -> None:
+        task = canary.job.assign(TaskId(f"task-canary-{self._rng.getrandbits(64):016x}"))
+        events = await self._registry.start_task(conn.miner_id, task, expected_tokens=1)
+        parts: list[str] = []
+        try:
+            while True:
+                event = await asyncio.wait_for(events.get(), CANARY_TIMEOUT_S)
+                if isinstance(event, TaskChunk):
+                    parts.append(event.text)
+                    continue
+                break
+        except TimeoutError:
+            self._registry.cancel_task(conn.miner_id, task.task_id)
+            self._registry.book.record(conn.miner_id, Outcome.TIMEOUT, canary=True)
+            return
+        if not isinstance(event, TaskDone):
+            return  # lost or failed: reputation already counted it
+        run = Run(conn.miner_id, task.task_id, event.model_hash)
+        passed = "".join(parts) == canary.answer
+        verdict = Verdict(
+            status=Status.AGREED if passed else Status.MAJORITY,
+            answer=0,
+            agreeing=(conn.miner_id,) if passed else (),
+            disagreeing=() if passed else (conn.miner_id,),
+            similarity=(1.0 if passed else 0.0,),
+        )
+        self._judge("canary", Consensus.EXACT, [run], verdict, canary=True)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _deterministic(job: Job) -> bool:
+    return job.sampling.temperature == 0
+
+
+def _verifiable(job: Job, consensus: Consensus) -> Job:
+    """Exact consensus needs every miner to sample the same way: greedy, fixed seed."""
+    if consensus is not Consensus.EXACT:
+        return job
+    sampling: SamplingParams = job.sampling.model_copy(
+        update={"temperature": 0.0, "seed": job.sampling.seed or VERIFY_SEED}
+    )
+    return replace(job, sampling=sampling)
