@@ -1,0 +1,100 @@
+"""The pure verdict and reputation logic, with simulated outcomes."""
+
+from __future__ import annotations
+
+import random
+
+from inferswarm.protocol import MinerId
+from inferswarm.router.verify.consensus import (
+    Status,
+    cosine_similarity,
+    decide,
+    exact_similarity,
+)
+from inferswarm.router.verify.reputation import Outcome, ReputationPolicy, Standing, record
+
+POLICY = ReputationPolicy()
+A, B, C = MinerId("a"), MinerId("b"), MinerId("c")
+
+
+def test_exact_consensus_outvotes_one_corrupt_output() -> None:
+    verdict = decide([A, B, C], exact_similarity(["x", "wrong", "x"]), 1.0)
+    assert verdict.status is Status.MAJORITY
+    assert verdict.answer in (0, 2)
+    assert verdict.disagreeing == (B,)
+
+
+def test_two_different_outputs_are_no_consensus() -> None:
+    verdict = decide([A, B], exact_similarity(["x", "y"]), 1.0)
+    assert verdict.status is Status.NO_CONSENSUS and verdict.answer is None
+
+
+def test_semantic_consensus_picks_the_medoid() -> None:
+    vectors = [[1.0, 0.0], [0.98, 0.2], [0.0, 1.0]]
+    verdict = decide([A, B, C], cosine_similarity(vectors), 0.85)
+    assert verdict.answer in (0, 1)
+    assert verdict.disagreeing == (C,)
+    assert verdict.similarity[2] < 0.85
+
+
+def _tasks_until_quarantine(
+    cheat_rate: float, check_rate: float, rng: random.Random, limit: int = 10_000
+) -> int | None:
+    standing = Standing()
+    for task in range(1, limit + 1):
+        cheated = rng.random() < cheat_rate
+        standing = record(standing, Outcome.COMPLETED, float(task), POLICY)
+        if rng.random() < check_rate:
+            outcome = Outcome.FAIL if cheated else Outcome.PASS
+            standing = record(standing, outcome, float(task), POLICY)
+        if standing.quarantined:
+            return task
+    return None
+
+
+def test_a_miner_corrupting_every_task_is_quarantined_within_20_tasks_on_average() -> None:
+    rng = random.Random(1)
+    runs = [_tasks_until_quarantine(1.0, 0.2, rng) for _ in range(200)]
+    assert all(r is not None for r in runs)
+    assert sum(r or 0 for r in runs) / len(runs) <= 20
+
+
+def test_a_miner_corrupting_one_task_in_ten_is_quarantined() -> None:
+    rng = random.Random(2)
+    runs = [_tasks_until_quarantine(0.1, 0.2, rng) for _ in range(50)]
+    assert all(r is not None for r in runs)
+
+
+def test_an_honest_miner_is_never_quarantined_over_1000_tasks() -> None:
+    """Honest but imperfect: 2 % of tasks time out, 1 % error; checked at p = 0.2."""
+    rng = random.Random(3)
+    for _ in range(100):
+        standing = Standing()
+        for task in range(1, 1001):
+            roll = rng.random()
+            outcome = Outcome.TIMEOUT if roll < 0.02 else Outcome.ERROR if roll < 0.03 else None
+            standing = record(standing, outcome or Outcome.COMPLETED, float(task), POLICY)
+            if outcome is None and rng.random() < 0.2:
+                standing = record(standing, Outcome.PASS, float(task), POLICY)
+            assert not standing.quarantined
+
+
+def test_quarantine_ends_only_through_canaries() -> None:
+    standing = record(Standing(), Outcome.FAIL, 0.0, POLICY)
+    assert standing.quarantined
+    waited = record(standing, Outcome.COMPLETED, 10 * POLICY.half_life_s, POLICY)
+    assert waited.quarantined  # time alone does not release it
+    for step in range(POLICY.canaries_to_release):
+        assert standing.quarantined
+        standing = record(standing, Outcome.PASS, float(step), POLICY, canary=True)
+    assert not standing.quarantined
+    assert standing.score(float(step), POLICY) >= POLICY.release_at - 1e-9
+    assert record(standing, Outcome.FAIL, float(step), POLICY).quarantined  # on probation
+
+
+def test_a_failed_canary_restarts_the_count() -> None:
+    standing = record(Standing(), Outcome.FAIL, 0.0, POLICY)
+    for _ in range(POLICY.canaries_to_release - 1):
+        standing = record(standing, Outcome.PASS, 0.0, POLICY, canary=True)
+    standing = record(standing, Outcome.FAIL, 0.0, POLICY, canary=True)
+    assert standing.quarantined and standing.canary_passes == 0

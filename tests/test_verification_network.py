@@ -1,0 +1,102 @@
+"""Verification on a real router with real (fake-engine) miner processes, one
+of them cheating through ``--fault``: the official openai client never gets
+the corrupt answer with redundancy 3, and spot checks quarantine the cheater."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from netutil import Network
+
+MODEL = "fake-model"
+HONEST = " w0 w1 w2 w3 w4"
+
+
+def client(net: Network) -> openai.OpenAI:
+    return openai.OpenAI(base_url=net.base_url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def states(net: Network) -> dict[str, dict[str, Any]]:
+    return {str(m["name"]): m for m in net.miners()}
+
+
+def ask(api: openai.OpenAI, **inferswarm: Any) -> Any:
+    return api.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "what is it?"}],
+        max_tokens=5,
+        temperature=0,
+        extra_body={"inferswarm": inferswarm} if inferswarm else None,
+    )
+
+
+def test_redundancy_3_never_hands_out_the_corrupt_answer(net: Network) -> None:
+    net.start_router()
+    net.start_miner("honest1")
+    net.start_miner("honest2")
+    net.start_miner("cheat", "--fault", "corrupt")
+    net.wait_miners(3)
+    cheat_id = states(net)["cheat"]["id"]
+    with client(net) as api:
+        raw = ask(api, redundancy=3, consensus="exact")
+        reply = raw.parse()
+        assert reply.choices[0].message.content == HONEST
+        report = raw.http_response.json()["inferswarm"]["verification"][0]
+        assert report["verdict"] == "majority"
+        assert report["disagreed"] == [cheat_id]
+        assert len(report["agreed"]) == 2
+        assert raw.headers["x-inferswarm-verification"].startswith("majority")
+
+        miners = states(net)
+        assert miners["cheat"]["state"] == "quarantined"
+        assert miners["honest1"]["state"] == "live"
+        assert miners["cheat"]["reputation"] < miners["honest1"]["reputation"]
+
+        # Two trusted miners are left: redundancy 3 is refused with the reason,
+        # redundancy 2 is served by the honest pair only.
+        with pytest.raises(openai.APIStatusError) as refused:
+            ask(api, redundancy=3)
+        assert refused.value.status_code == 503
+        assert "Redundancy 3 needs 3 trusted miners" in str(refused.value)
+        for _ in range(5):
+            assert ask(api, redundancy=2).parse().choices[0].message.content == HONEST
+            assert ask(api).parse().choices[0].message.content == HONEST
+
+    metrics = httpx.get(net.base_url + "/metrics").text
+    assert (
+        'inferswarm_verifications_total{consensus="exact",purpose="redundant",verdict="majority"} 1.0'
+        in metrics
+    )
+    assert "inferswarm_miners_quarantined 1.0" in metrics
+
+
+def test_spot_checks_quarantine_a_cheater_and_spare_honest_miners(net: Network) -> None:
+    net.start_router("--spot-check-rate", "1.0")
+    for name in ("honest1", "honest2", "honest3"):
+        net.start_miner(name)
+    net.start_miner("cheat", "--fault", "corrupt")
+    net.wait_miners(4)
+    deadline = time.monotonic() + 60
+    with client(net) as api:
+        while states(net)["cheat"]["state"] != "quarantined":
+            assert time.monotonic() < deadline, states(net)
+            ask(api)
+        for _ in range(10):  # afterwards the cheater gets no client work
+            assert ask(api).parse().choices[0].message.content == HONEST
+    miners = states(net)
+    for name in ("honest1", "honest2", "honest3"):
+        assert miners[name]["state"] == "live"
+        assert miners[name]["verification"]["failed"] == 0
+    assert miners["cheat"]["verification"]["failed"] >= 1
+
+
+def test_an_unknown_fault_is_explained(net: Network) -> None:
+    proc = net.start_miner("bad", "--fault", "explode")
+    proc.popen.wait(60)
+    assert proc.popen.returncode == 2
+    assert "unknown fault 'explode'" in proc.output()
