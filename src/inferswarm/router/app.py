@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import completions, miners, models
+from inferswarm.router.api import completions, dashboard, miners, models, network
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
@@ -23,6 +23,7 @@ from inferswarm.router.api.errors import install_error_handlers
 from inferswarm.router.dispatch import Dispatcher
 from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
+from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.settings import RouterSettings
 
@@ -34,19 +35,22 @@ class RouterDeps:
     """Collaborators a test may replace."""
 
     clock: Clock = field(default=time.monotonic)
+    wall_clock: Clock = field(default=time.time)
 
 
 def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> FastAPI:
     deps = deps or RouterDeps()
-    registry = MinerRegistry(deps.clock, settings.heartbeat_timeout_s)
+    registry = MinerRegistry(deps.clock, settings.heartbeat_timeout_s, deps.wall_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
+        sampler = asyncio.create_task(_sample_every_second(app.state.metrics))
         try:
             yield
         finally:
             watchdog.cancel()
+            sampler.cancel()
             for conn in registry.connections():
                 await registry.remove(conn, "the router is shutting down")
                 await conn.close("the router is shutting down")
@@ -64,13 +68,23 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.clock = deps.clock
     app.state.started_at = time.time()
     app.state.draining = False
-    app.state.metrics = RouterMetrics(registry)
+    app.state.metrics = RouterMetrics(registry, app.state.queue, deps.wall_clock)
+    app.state.network = NetworkView(
+        registry,
+        app.state.metrics,
+        app.state.queue,
+        deps.clock,
+        deps.wall_clock,
+        settings.policy.value,
+    )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    for api in (completions.router, models.router, miners.router):
+    for api in (completions.router, models.router, miners.router, network.router):
         app.include_router(api, dependencies=authed)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", dashboard.static, name="dashboard-static")
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -106,6 +120,12 @@ async def _expire_silent_miners(
             queue.wake(len(queue))  # bans expire with no event: let waiters look again
         except Exception:
             log.exception("expiring silent miners failed; will retry")
+
+
+async def _sample_every_second(metrics: RouterMetrics) -> None:
+    while True:
+        metrics.sample()
+        await asyncio.sleep(1.0)
 
 
 async def drain(app: FastAPI, timeout_s: float) -> None:

@@ -18,7 +18,7 @@ from inferswarm.openai_compat.errors import APIError, InvalidRequest, NotFound, 
 from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChunk, TaskDone
 from inferswarm.router.affinity import min_prompt_tokens
 from inferswarm.router.api.body import parse_body, request_body_schema
-from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.schedule import Policy
@@ -39,10 +39,12 @@ async def chat_completions(request: Request) -> Response:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
         return await _stream(job, request, body, request_id, _chat_sse)
-    text, done = await _collect(job, request)
+    trace = Trace()
+    text, done = await _collect(job, request, trace)
     usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
     return JSONResponse(
-        schemas.chat_completion(request_id, body.model, text, done.finish_reason, usage)
+        schemas.chat_completion(request_id, body.model, text, done.finish_reason, usage),
+        headers=served_by(trace),
     )
 
 
@@ -54,12 +56,14 @@ async def completions(request: Request) -> Response:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     if body.stream:
         return await _stream(job, request, body, request_id, _text_sse)
-    text, done = await _collect(job, request)
+    trace = Trace()
+    text, done = await _collect(job, request, trace)
     if body.echo:
         text = body.prompt_text() + text
     usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
     return JSONResponse(
-        schemas.text_completion(request_id, body.model, text, done.finish_reason, usage)
+        schemas.text_completion(request_id, body.model, text, done.finish_reason, usage),
+        headers=served_by(trace),
     )
 
 
@@ -157,32 +161,23 @@ def _check_model(
         )
 
 
-async def _measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+def _measured(
+    request: Request, job: Job, trace: Trace
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
     """The dispatcher's events, with the request's latency, tokens and outcome recorded."""
     metrics: RouterMetrics = request.app.state.metrics
-    model = job.model
-    started = time.perf_counter()
-    outcome = "cancelled"
-    first_token = True
-    metrics.in_flight.inc()
-    try:
-        async with aclosing(_dispatcher(request).run(job)) as events:
-            async for event in events:
-                if isinstance(event, TaskChunk) and first_token:
-                    first_token = False
-                    metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                elif isinstance(event, TaskDone):
-                    outcome = "ok"
-                    metrics.e2e.labels(model).observe(time.perf_counter() - started)
-                    metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
-                    metrics.generation_tokens.labels(model).inc(event.completion_tokens)
-                yield event
-    except APIError as exc:
-        outcome = exc.code or exc.error_type
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.requests.labels(model, outcome).inc()
+    return metrics.measured(_dispatcher(request), job, trace)
+
+
+def served_by(trace: Trace) -> dict[str, str]:
+    """Response headers naming the miner that served the request (the last
+    one, if the stream moved), for clients and the dashboard playground."""
+    if trace.miner_id is None:
+        return {}
+    name = trace.miner_name or trace.miner_id
+    if not (name.isascii() and name.isprintable()):
+        name = trace.miner_id
+    return {"x-inferswarm-miner-id": trace.miner_id, "x-inferswarm-miner": name}
 
 
 def _dispatcher(request: Request) -> Dispatcher:
@@ -190,9 +185,9 @@ def _dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
-async def _collect(job: Job, request: Request) -> tuple[str, TaskDone]:
+async def _collect(job: Job, request: Request, trace: Trace) -> tuple[str, TaskDone]:
     parts: list[str] = []
-    async with aclosing(_measured(request, job)) as events:
+    async with aclosing(_measured(request, job, trace)) as events:
         async for event in events:
             if isinstance(event, TaskChunk):
                 parts.append(event.text)
@@ -211,7 +206,8 @@ async def _stream(
     request_id: str,
     render: SseRenderer,
 ) -> Response:
-    events = _measured(request, job)
+    trace = Trace()
+    events = _measured(request, job, trace)
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
@@ -251,7 +247,9 @@ async def _stream(
             yield "data: [DONE]\n\n"
 
     return StreamingResponse(
-        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        sse(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", **served_by(trace)},
     )
 
 
