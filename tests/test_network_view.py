@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from netutil import Network
-from test_network import MODEL, chat, wait_until
+from test_network import MODEL, chat
 
 
 def network(net: Network, **params: Any) -> dict[str, Any]:
@@ -41,7 +41,13 @@ def test_network_shows_miners_throughput_latency_and_events(net: Network) -> Non
     assert 1 <= m1["tier"] <= 5
     assert m1["reputation"] is None  # no reputation system yet, and no invented number
     assert state["models"] == [
-        {"id": MODEL, "miners": 2, "slots": 3, "busy_slots": 0, "tokens_per_s": state["models"][0]["tokens_per_s"]}
+        {
+            "id": MODEL,
+            "miners": 2,
+            "slots": 3,
+            "busy_slots": 0,
+            "tokens_per_s": state["models"][0]["tokens_per_s"],
+        }
     ]
     assert state["queue"]["depth"] == 0 and state["in_flight"] == 0
     minute = state["last_minute"]

@@ -172,6 +172,8 @@ class RouterMetrics:
                         for _ in range(gaps):
                             self._observe("itl", self.itl, labels, gap)
                         last_token = now
+                        # Charted as tokens arrive, so throughput does not jump at each end.
+                        self.timeline.count(self._wall_clock(), "generation_tokens", event.tokens)
                     elif isinstance(event, TaskDone):
                         outcome = "ok"
                         self._observe("e2e", self.e2e, labels, now - started)
@@ -197,7 +199,6 @@ class RouterMetrics:
         self.prompt_tokens.labels(*labels).inc(done.prompt_tokens)
         self.generation_tokens.labels(*labels).inc(done.completion_tokens)
         self.timeline.count(now, "prompt_tokens", done.prompt_tokens)
-        self.timeline.count(now, "generation_tokens", done.completion_tokens)
 
 
 def _tier(trace: Trace) -> str:
