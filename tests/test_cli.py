@@ -125,6 +125,7 @@ def test_up_starts_a_network_prints_how_to_use_it_and_stops_on_ctrl_c(tmp_path: 
         key = api_key_from(lines)
         assert f"http://127.0.0.1:{port}/v1" in output
         assert "curl" in output and "from openai import OpenAI" in output
+        assert f"http://127.0.0.1:{port}/dashboard" in output
         with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
         ) as api:
