@@ -367,13 +367,12 @@ WEIRD_BODIES = [
     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}',
     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}',
-    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "n": 3}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "n": 500}',
     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes please"}',
     b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "top_p": 0}',
     b'{"model": "", "messages": [{"role": "user", "content": "x"}]}',
     b"\xff\xfe\x00garbage",
     b'{"model": "fake-model", "prompt": []}',
-    b'{"model": "fake-model", "prompt": ["a", "b"]}',
 ]
 
 

@@ -15,7 +15,8 @@ from inferswarm.cli.common import setup_logging
 from inferswarm.router.app import create_app, drain
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
-from inferswarm.router.settings import RouterSettings
+from inferswarm.router.segment.batch import BatchShare
+from inferswarm.router.settings import RouterSettings, default_data_dir
 
 
 def router(
@@ -39,8 +40,36 @@ def router(
         ),
     ] = Policy.CAPACITY_AWARE,
     data_dir: Annotated[
-        Path, typer.Option(help="Where the router keeps its state.", envvar="INFERSWARM_DATA_DIR")
-    ] = Path("data/router"),
+        Path | None,
+        typer.Option(
+            help="Where the router keeps its database and files "
+            "(default: ~/.local/share/inferswarm/router).",
+            envvar="INFERSWARM_DATA_DIR",
+        ),
+    ] = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL of the store, e.g. postgresql+asyncpg://... for routers "
+            "sharing state (default: SQLite in --data-dir).",
+            envvar="INFERSWARM_STORE_URL",
+        ),
+    ] = None,
+    max_file_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest file upload (batch input), in MiB.")
+    ] = 200.0,
+    batch_reserve: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of all slots batches leave free while interactive requests are about.",
+        ),
+    ] = 0.25,
+    batch_floor: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Share of all slots batches always get, under any load."),
+    ] = 0.1,
     api_key: Annotated[
         list[str] | None,
         typer.Option(
@@ -97,13 +126,15 @@ def router(
 ) -> None:
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
-    data_dir.mkdir(parents=True, exist_ok=True)
     keys = _split_keys(api_key)
     settings = RouterSettings(
         host=host,
         port=port,
         policy=policy,
-        data_dir=data_dir,
+        data_dir=data_dir or default_data_dir(),
+        store_url=store_url,
+        max_file_bytes=int(max_file_mb * 2**20),
+        batch_share=BatchShare(reserve=batch_reserve, floor=batch_floor),
         api_keys=keys,
         admin_keys=_split_keys(admin_key),
         max_queue=max_queue,

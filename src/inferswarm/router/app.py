@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import completions, dashboard, miners, models, network
+from inferswarm.router.api import batches, completions, dashboard, files, miners, models, network
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
@@ -25,7 +25,9 @@ from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
+from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.settings import RouterSettings
+from inferswarm.storage import BlobDir, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class RouterDeps:
 
     clock: Clock = field(default=time.monotonic)
     wall_clock: Clock = field(default=time.time)
+    store: Store | None = None
+    """Default: the SQL store at ``settings.database_url()``."""
 
 
 def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> FastAPI:
@@ -44,6 +48,15 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = deps.store or await open_store(settings.database_url())
+        app.state.store = store
+        app.state.blobs = BlobDir(settings.data_dir / "files")
+        runner = BatchRunner(
+            store, app.state.blobs, app.state.dispatcher, registry, settings.batch_share
+        )
+        app.state.batch_runner = runner
+        await runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         sampler = asyncio.create_task(_sample_every_second(app.state.metrics))
         try:
@@ -51,6 +64,8 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         finally:
             watchdog.cancel()
             sampler.cancel()
+            await runner.stop()
+            await store.close()
             for conn in registry.connections():
                 await registry.remove(conn, "the router is shutting down")
                 await conn.close("the router is shutting down")
@@ -78,10 +93,16 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         settings.policy.value,
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        # Uploads have their own limit, checked as the file streams in.
+        exempt=("/v1/files",),
+    )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    for api in (completions.router, models.router, miners.router, network.router):
+    apis = (completions, models, miners, files, batches, network)
+    for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static, name="dashboard-static")

@@ -1,0 +1,30 @@
+"""Durable state: what must survive a router restart (files, batch jobs and
+their tasks, map-reduce jobs), behind one interface (``Store``) with an SQL
+implementation — SQLite in WAL mode by default, PostgreSQL by URL."""
+
+from inferswarm.storage.blobs import BlobDir
+from inferswarm.storage.records import (
+    BatchRecord,
+    BatchStatus,
+    BatchTask,
+    FileRecord,
+    JobRecord,
+    JobTask,
+    TaskState,
+)
+from inferswarm.storage.sql import SqlStore, open_store
+from inferswarm.storage.store import Store
+
+__all__ = [
+    "BatchRecord",
+    "BatchStatus",
+    "BatchTask",
+    "BlobDir",
+    "FileRecord",
+    "JobRecord",
+    "JobTask",
+    "SqlStore",
+    "Store",
+    "TaskState",
+    "open_store",
+]
