@@ -59,6 +59,21 @@ def chart_points(page: sync_api.Page, chart: str) -> int:
     return int(page.get_attribute(f"#chart-{chart}", "data-points") or 0)
 
 
+def wait_for_more_points(page: sync_api.Page, chart: str, than: int) -> None:
+    """Wait until the chart has more seconds with a value than ``than``; on a
+    timeout, say what the page showed."""
+    script = f"Number(document.querySelector('#chart-{chart}').dataset.points) > {than}"
+    try:
+        page.wait_for_function(script)
+    except sync_api.TimeoutError:
+        shown = {
+            "connection": page.text_content("#connection"),
+            "points": {c: chart_points(page, c) for c in ("throughput", "latency", "load")},
+            "tokens": page.text_content("#stat-tokens"),
+        }
+        raise AssertionError(f"the {chart} chart did not grow past {than}: {shown}") from None
+
+
 def load(net: Network, requests: int, max_tokens: int = 30) -> None:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: chat(net, max_tokens=max_tokens), range(requests)))
@@ -83,10 +98,8 @@ def test_dashboard_follows_miners_charts_and_streams_the_playground(
 
     before = chart_points(page, "throughput")
     load(net, 8)
-    page.wait_for_function(
-        f"Number(document.querySelector('#chart-throughput').dataset.points) > {before}"
-    )
-    page.wait_for_function("Number(document.querySelector('#chart-latency').dataset.points) > 0")
+    wait_for_more_points(page, "throughput", before)
+    wait_for_more_points(page, "latency", 0)
     assert page.text_content("#stat-tokens") != "0.0"
 
     page.wait_for_selector("#pg-model option[value=fake-model]", state="attached")
@@ -105,8 +118,9 @@ def test_dashboard_follows_miners_charts_and_streams_the_playground(
         for rounds in range(1, 12):
             load(net, 4 * rounds, 40)
     with ThreadPoolExecutor(1) as pool:
+        busy_before = chart_points(page, "load")
         busy = pool.submit(load, net, 12, 60)
-        page.wait_for_function("Number(document.querySelector('#stat-slots').textContent[0]) > 0")
+        wait_for_more_points(page, "load", busy_before)  # seconds with busy slots: it is working
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         busy.result()
     if target:

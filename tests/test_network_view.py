@@ -87,7 +87,7 @@ def test_stream_sends_a_snapshot_then_ticks_with_new_events(net: Network) -> Non
     assert messages[0]["type"] == "snapshot" and len(messages[0]["series"]) == 300
     assert ("join", "m1") in kinds(messages[0])
     ticks = messages[1:]
-    assert all(m["type"] == "tick" and len(m["series"]) == 1 for m in ticks)
+    assert all(m["type"] == "tick" and len(m["series"]) == 2 for m in ticks)
     # Each event is sent once: the join of m1 was in the snapshot, not in a tick.
     assert not any(("join", "m1") in kinds(m) for m in ticks)
     assert sum(("join", "m2") in kinds(m) for m in ticks) == 1

@@ -3,7 +3,8 @@ returns, what the dashboard draws and ``inferswarm status`` prints.
 
 A ``snapshot`` is the whole state with the per-second series of the last
 minutes; a ``tick`` is what the dashboard's stream sends each second: the
-same state with only the newest series point and the events it has not seen.
+same state with only the two newest series points (the second that just ended
+is complete only now) and the events it has not seen.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from inferswarm.router.registry import MinerConnection, MinerRegistry
 SERIES_SECONDS = 300
 SUMMARY_SECONDS = 60
 EVENTS_SHOWN = 50
+TICK_POINTS = 2
 REPUTATION_NOTE = "No reputation system yet: every miner's reputation is null."
 
 
@@ -54,7 +56,7 @@ class NetworkView:
 
     def tick(self, after_seq: int) -> dict[str, Any]:
         state = self._state()
-        state["series"] = self._series(1)
+        state["series"] = self._series(TICK_POINTS)
         state["events"] = [_event(e) for e in self._registry.events.recent(after_seq=after_seq)]
         return state
 

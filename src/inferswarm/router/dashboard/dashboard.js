@@ -102,9 +102,11 @@ function receive(message) {
     state.series = message.series;
     state.events = message.events;
   } else {
+    // A tick repeats the second before its own, which is complete only now.
     for (const point of message.series) {
       const last = state.series[state.series.length - 1];
-      if (last && last.t === point.t) state.series[state.series.length - 1] = point;
+      const same = state.series.findLastIndex((p) => p.t === point.t);
+      if (same >= 0) state.series[same] = point;
       else if (!last || point.t > last.t) state.series.push(point);
     }
     state.series = state.series.slice(-MAX_POINTS);
