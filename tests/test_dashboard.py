@@ -121,6 +121,10 @@ def test_dashboard_follows_miners_charts_and_streams_the_playground(
         busy_before = chart_points(page, "load")
         busy = pool.submit(load, net, 12, 60)
         wait_for_more_points(page, "load", busy_before)  # seconds with busy slots: it is working
+        if target:  # for the picture, also catch a moment with requests in flight
+            page.wait_for_function(
+                "Number(document.querySelector('#stat-inflight').textContent) > 0"
+            )
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         busy.result()
     if target:

@@ -167,7 +167,7 @@ const CHARTS = [
   {
     id: "load",
     lines: [
-      { key: "busy_slots", label: "busy slots", color: "#4fb3ff" },
+      { key: "busy_slots", label: "tasks on miners", color: "#4fb3ff" },
       { key: "slots", label: "slots", color: "#52667a" },
       { key: "queue_depth", label: "queue", color: "#ff6b6b" },
       { key: "in_flight", label: "in flight", color: "#b48cff" },
@@ -228,7 +228,8 @@ function drawChart(canvas, series, lines) {
   ctx.fillText("now", width - 30, height - 4);
 
   let withValue = 0;
-  for (const line of lines) {
+  // Drawn last to first, so the first line of the legend lies on top.
+  for (const line of [...lines].reverse()) {
     ctx.strokeStyle = line.color;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
