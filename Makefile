@@ -48,8 +48,9 @@ system-deps:
 	@if command -v promtool >/dev/null && command -v chromium >/dev/null; then \
 		:; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends $(SYSTEM_PACKAGES); \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(SYSTEM_PACKAGES); } \
+		|| echo "Could not install $(SYSTEM_PACKAGES); the promtool and Chromium tests will skip."; \
 	else \
 		echo "Not installing $(SYSTEM_PACKAGES) (needs root and apt-get); the promtool and Chromium tests will skip."; \
 	fi
