@@ -87,3 +87,14 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is missing (make install-dev)"
+)
+def test_example_prometheus_config_is_valid() -> None:
+    config = DASHBOARD.parent.parent / "prometheus" / "prometheus.yml"
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
