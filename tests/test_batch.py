@@ -95,7 +95,7 @@ def test_input_lines_become_tasks_or_error_lines() -> None:
 
 def test_batches_fill_idle_slots_but_leave_room_for_interactive_work() -> None:
     share = BatchShare(reserve=0.25, floor=0.1)
-    assert batch_budget(16, 0, interactive_active=False, share=share) == 16
+    assert batch_budget(16, 0, interactive_active=False, share=share) == 48  # pipelined
     assert batch_budget(16, 0, interactive_active=True, share=share) == 12
     assert batch_budget(16, 8, interactive_active=True, share=share) == 4
     assert batch_budget(16, 16, interactive_active=True, share=share) == 1  # the floor
@@ -258,3 +258,48 @@ def test_a_router_killed_mid_batch_carries_on_and_answers_each_line_once(net: Ne
     after = {line["custom_id"]: line["id"] for line in output}
     assert {cid: after[cid] for cid in before} == before, "finished tasks were not re-run"
     assert done.request_counts is not None and done.request_counts.failed == 0
+
+
+def test_a_miner_dying_mid_batch_loses_no_line(net: Network) -> None:
+    net.start_router()
+    doomed = net.start_miner("doomed", "--slots", "2", "--fake-speed", "50")
+    net.start_miner("steady", "--slots", "2", "--fake-speed", "50")
+    net.wait_miners(2)
+    lines = [request_line(f"r{i}", max_tokens=10) for i in range(40)]
+    with api(net) as client:
+        upload = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 30
+        while client.batches.retrieve(batch.id).request_counts.completed < 5:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        doomed.stop(signal.SIGKILL)
+        done = wait_batch(client, batch.id)
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (40, 0)
+        output = lines_of(client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in output) == sorted(f"r{i}" for i in range(40))
+
+
+def test_a_task_that_keeps_failing_ends_in_the_error_file_with_the_reason(
+    net: Network,
+) -> None:
+    net.start_router("--task-retry-delay", "0.05", "--task-max-attempts", "3")
+    net.start_miner("broken", "--fake-failure-rate", "1")
+    net.wait_miners(1)
+    with api(net) as client:
+        upload = client.files.create(
+            file=("in.jsonl", jsonl([request_line("doomed")])), purpose="batch"
+        )
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = wait_batch(client, batch.id, timeout=60)
+        assert done.status == "completed"
+        assert done.request_counts is not None and done.request_counts.failed == 1
+        (line,) = lines_of(client, done.error_file_id)
+    assert line["custom_id"] == "doomed"
+    assert line["response"]["status_code"] in (502, 503)
+    assert line["response"]["body"]["error"]["message"]

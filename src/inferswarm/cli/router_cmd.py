@@ -66,6 +66,16 @@ def router(
             help="Share of all slots batches leave free while interactive requests are about.",
         ),
     ] = 0.25,
+    task_retry_delay: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds before a failed batch task is retried (doubling each time)."
+        ),
+    ] = 1.0,
+    task_max_attempts: Annotated[
+        int,
+        typer.Option(min=1, help="Attempts per batch task before it goes to the error file."),
+    ] = 5,
     batch_floor: Annotated[
         float,
         typer.Option(min=0, max=1, help="Share of all slots batches always get, under any load."),
@@ -135,6 +145,8 @@ def router(
         store_url=store_url,
         max_file_bytes=int(max_file_mb * 2**20),
         batch_share=BatchShare(reserve=batch_reserve, floor=batch_floor),
+        task_retry_delay_s=task_retry_delay,
+        task_max_attempts=task_max_attempts,
         api_keys=keys,
         admin_keys=_split_keys(admin_key),
         max_queue=max_queue,

@@ -15,7 +15,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import batches, completions, dashboard, files, miners, models, network
+from inferswarm.router.api import (
+    batches,
+    completions,
+    dashboard,
+    files,
+    jobs,
+    miners,
+    models,
+    network,
+)
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
@@ -26,6 +35,7 @@ from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
+from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
 from inferswarm.storage import BlobDir, Store, open_store
 
@@ -53,10 +63,18 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         app.state.store = store
         app.state.blobs = BlobDir(settings.data_dir / "files")
         runner = BatchRunner(
-            store, app.state.blobs, app.state.dispatcher, registry, settings.batch_share
+            store,
+            app.state.blobs,
+            app.state.dispatcher,
+            registry,
+            settings.batch_share,
+            retry_delay_s=settings.task_retry_delay_s,
+            max_attempts=settings.task_max_attempts,
         )
         app.state.batch_runner = runner
         await runner.start()
+        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry)
+        await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         sampler = asyncio.create_task(_sample_every_second(app.state.metrics))
         try:
@@ -65,6 +83,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             watchdog.cancel()
             sampler.cancel()
             await runner.stop()
+            await app.state.job_runner.stop()
             await store.close()
             for conn in registry.connections():
                 await registry.remove(conn, "the router is shutting down")
@@ -101,7 +120,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    apis = (completions, models, miners, files, batches, network)
+    apis = (completions, models, miners, files, batches, jobs, network)
     for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
     app.include_router(dashboard.router)

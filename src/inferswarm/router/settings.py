@@ -37,6 +37,9 @@ class RouterSettings:
     max_file_bytes: int = 200 * 2**20
     """Largest file upload (OpenAI's limit for batch input is 200 MB)."""
     batch_share: BatchShare = field(default_factory=BatchShare)
+    task_retry_delay_s: float = 1.0
+    """Before a failed batch task is tried again; doubles with each attempt."""
+    task_max_attempts: int = 5
     limits: DispatchLimits = field(default_factory=DispatchLimits)
 
     def database_url(self) -> str:

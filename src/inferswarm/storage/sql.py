@@ -303,6 +303,10 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return [_job(row) for row in await conn.execute(query)]
 
+    async def set_job_status(self, job_id: str, status: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(jobs).where(jobs.c.id == job_id).values(status=status))
+
     async def finish_job(
         self,
         job_id: str,

@@ -16,7 +16,8 @@ from inferswarm.storage import BlobDir, FileRecord, Store
 
 router = APIRouter()
 
-UPLOAD_PURPOSES = frozenset({"batch"})
+UPLOAD_PURPOSES = frozenset({"batch", "user_data"})
+"""``batch``: Batch API input; ``user_data``: input of a map-reduce job."""
 READ_CHUNK = 1 << 20
 
 
@@ -61,7 +62,8 @@ async def upload_file(
 ) -> dict[str, Any]:
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
-            f"purpose {purpose!r} is not supported; upload batch input with purpose 'batch'.",
+            f"purpose {purpose!r} is not supported; upload batch input with purpose 'batch', "
+            "map-reduce input with purpose 'user_data'.",
             param="purpose",
             code="invalid_purpose",
         )

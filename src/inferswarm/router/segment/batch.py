@@ -198,11 +198,14 @@ class BatchShare:
     Batches may fill every slot interactive traffic leaves idle, except
     ``reserve`` of all slots, kept free while interactive requests are about
     so they start at once (a batch task is never pre-empted); ``floor`` of all
-    slots always goes to batches, so they progress under any load.
+    slots always goes to batches, so they progress under any load. With no
+    interactive traffic, ``pipeline`` tasks per slot are in flight, so a miner
+    has its next task waiting the moment it finishes one.
     """
 
     reserve: float = 0.25
     floor: float = 0.1
+    pipeline: int = 3
 
 
 def batch_budget(
@@ -213,6 +216,6 @@ def batch_budget(
         return 0
     floor = max(1, math.floor(total_slots * share.floor))
     if not interactive_active:
-        return total_slots
+        return total_slots * share.pipeline
     reserve = math.ceil(total_slots * share.reserve)
     return max(floor, total_slots - interactive_busy - reserve)

@@ -63,6 +63,8 @@ class BatchRunner:
         registry: MinerRegistry,
         share: BatchShare,
         clock: Callable[[], float] = time.time,
+        retry_delay_s: float = RETRY_DELAY_S,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self._store = store
         self._blobs = blobs
@@ -70,6 +72,8 @@ class BatchRunner:
         self._registry = registry
         self._share = share
         self._clock = clock
+        self._retry_delay_s = retry_delay_s
+        self._max_attempts = max_attempts
         self._batches: dict[str, BatchRecord] = {}
         self._pending: dict[str, deque[BatchTask]] = {}
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -198,7 +202,7 @@ class BatchRunner:
                 line = await self._answer(batch, task)
                 state = TaskState.DONE
             except APIError as exc:
-                if exc.status_code in RETRYABLE_STATUSES and attempts < MAX_ATTEMPTS:
+                if exc.status_code in RETRYABLE_STATUSES and attempts < self._max_attempts:
                     self._retry_later(replace(task, attempts=attempts))
                     return
                 line = failed_response_line(task.custom_id, exc.status_code, exc.body())
@@ -225,7 +229,7 @@ class BatchRunner:
         return output_line(task.custom_id, response)
 
     def _retry_later(self, task: BatchTask) -> None:
-        delay = RETRY_DELAY_S * 2 ** (task.attempts - 1)
+        delay = self._retry_delay_s * 2 ** (task.attempts - 1)
 
         batch_id = task.batch_id
         self._delayed[batch_id] = self._delayed.get(batch_id, 0) + 1
