@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,3 +63,44 @@ def test_exposition_has_tasks_slots_and_host_figures() -> None:
     assert samples["inferswarm_engine_tasks_queued[]"] == 1
     assert samples["inferswarm_engine_router_connected[]"] == 1
     assert "inferswarm_host_cpu_percent[]" in samples
+
+
+class FakeNvml(types.ModuleType):
+    """The part of NVML's Python binding (``pynvml``) the monitor calls: two GPUs."""
+
+    def __init__(self) -> None:
+        super().__init__("pynvml")
+        self.broken = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        if self.broken:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(used=(handle + 1) * 2**30, total=80 * 2**30)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(gpu=40 + handle * 50, memory=10)
+
+
+def test_gpus_are_read_through_nvml_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    clock = Clock()
+    monitor = HostMonitor(clock)
+    gpus = monitor.sample().gpus
+    assert [(g.index, g.utilization_percent, g.memory_used_bytes) for g in gpus] == [
+        (0, 40.0, 2**30),
+        (1, 90.0, 2 * 2**30),
+    ]
+    assert all(g.memory_total_bytes == 80 * 2**30 for g in gpus)
+    nvml.broken = True  # a driver that goes away: no GPUs reported, and no crash
+    clock.now += 1
+    assert monitor.sample().gpus == ()

@@ -6,7 +6,9 @@ underscores only (Prometheus keeps colons for recording rules): seconds and
 bytes as base units, ``_total`` on counters, ``_percent`` for utilisation as
 psutil and NVML report it. Request figures carry ``model`` and ``tier`` (the
 capability tier, 1-5, of the miner that served the request; ``none`` when no
-miner did). Per-miner figures are read from the live registry at scrape
+miner did); a request fanned out into several tasks (a list of prompts,
+``n > 1``) counts once per task, since each has its own miner and latency.
+Batch and map-reduce tasks run beside the API and are not in these figures. Per-miner figures are read from the live registry at scrape
 time, so they are never stale and never duplicated. Each router owns its own
 ``CollectorRegistry``.
 """
@@ -77,7 +79,8 @@ class RouterMetrics:
         request = ("model", "tier")
         self.requests = Counter(
             "inferswarm_requests",
-            "Requests that reached the dispatcher, by outcome (ok, cancelled or the error code).",
+            "Requests that reached the dispatcher (each part of a fanned-out request counts), "
+            "by outcome: ok, cancelled or the error code.",
             ("model", "tier", "outcome"),
             registry=self.registry,
         )
