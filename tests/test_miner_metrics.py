@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferswarm.miner.metrics import SPEED_WINDOW_S, LoadSource, MinerStats, create_metrics_app
+from inferswarm.miner.metrics import SPEED_WINDOW_S, LoadSource, MinerStats
+from inferswarm.miner.metrics_server import create_metrics_app
 from inferswarm.miner.usage import HostMonitor
 
 

@@ -293,7 +293,8 @@ async def _serve_direct(engine: Engine, port: int) -> None:
 
 
 async def _serve_metrics(agent: MinerAgent, engine: Engine, host: str, port: int) -> None:
-    from inferswarm.miner.metrics import LoadSource, create_metrics_app
+    from inferswarm.miner.metrics import LoadSource
+    from inferswarm.miner.metrics_server import create_metrics_app
 
     load = LoadSource(
         engine.slots, lambda: agent.busy, lambda: agent.queued, agent.connected.is_set

@@ -12,8 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -80,7 +79,9 @@ class LoadSource:
         self.connected = connected
 
 
-class _LiveCollector(Collector):
+class LiveCollector(Collector):
+    """Slots, tokens/s and the machine's utilisation, read when scraped."""
+
     def __init__(self, stats: MinerStats, load: LoadSource, host: HostMonitor) -> None:
         self._stats = stats
         self._load = load
@@ -122,19 +123,3 @@ class _LiveCollector(Collector):
             gpu_memory.add_metric([str(card.index)], card.memory_used_bytes)
         yield gpu
         yield gpu_memory
-
-
-def create_metrics_app(stats: MinerStats, load: LoadSource, host: HostMonitor) -> FastAPI:
-    stats.registry.register(_LiveCollector(stats, load, host))
-    app = FastAPI(title="inferswarm miner metrics", docs_url=None, redoc_url=None)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus exposition, for scrapers."""
-        return Response(generate_latest(stats.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, object]:
-        return {"status": "ok", "connected": load.connected(), "busy": load.busy()}
-
-    return app
