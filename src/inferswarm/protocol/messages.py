@@ -128,11 +128,7 @@ class Heartbeat(_Message):
 
     Fields added after version 1 shipped have defaults, so heartbeats of older
     miners still parse; ``gpus`` is left out (None) on machines without one.
-    Unknown fields are ignored rather than refused, so a miner newer than this
-    router, reporting figures this router does not know yet, still connects.
     """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: Literal["heartbeat"] = "heartbeat"
     busy_slots: int = Field(ge=0)
