@@ -29,7 +29,7 @@ from inferswarm.router.completion import (
     plan_completion,
     plan_usage,
 )
-from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
 from inferswarm.router.verify.service import Report, Verifier
@@ -44,11 +44,13 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
     plan = plan_chat(body, caller_of(request), request.app.state.registry)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    run, reports = _runner(request, body)
+    traces = [Trace() for _ in plan.jobs]
+    run, reports = _runner(request, body, plan, traces)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _chat_sse, run, reports)
+        return await _stream(plan, request, body, request_id, _chat_sse, run, traces, reports)
     results = await collect_all(plan, run)
-    return _verified(chat_response(request_id, body, plan, results), reports)
+    payload = chat_response(request_id, body, plan, results)
+    return _verified(payload, served_by(traces), reports)
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
@@ -56,11 +58,13 @@ async def completions(request: Request) -> Response:
     body = await parse_body(request, schemas.CompletionRequest)
     plan = plan_completion(body, caller_of(request), request.app.state.registry)
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    run, reports = _runner(request, body)
+    traces = [Trace() for _ in plan.jobs]
+    run, reports = _runner(request, body, plan, traces)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _text_sse, run, reports)
+        return await _stream(plan, request, body, request_id, _text_sse, run, traces, reports)
     results = await collect_all(plan, run)
-    return _verified(completion_response(request_id, body, plan, results), reports)
+    payload = completion_response(request_id, body, plan, results)
+    return _verified(payload, served_by(traces), reports)
 
 
 Reports = dict[int, Report]
@@ -68,17 +72,22 @@ Reports = dict[int, Report]
 
 
 def _runner(
-    request: Request, body: schemas.ChatCompletionRequest | schemas.CompletionRequest
+    request: Request,
+    body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
+    plan: Plan,
+    traces: list[Trace],
 ) -> tuple[Runner, Reports]:
-    """How each job runs: once, or on k miners with consensus when asked."""
+    """How each job runs: once (perhaps spot-checked later), or on k miners
+    with consensus when asked."""
     verifier: Verifier = request.app.state.verifier
     options = body.inferswarm
     k, consensus = verifier.options(
         options.redundancy if options else None, options.consensus if options else None
     )
     reports: Reports = {}
+    traced = _traced(request, plan, traces)
     if k <= 1:
-        return (lambda job: measured(request, job)), reports
+        return (lambda job: _spot_checked(verifier, job, traced(job))), reports
 
     async def redundant(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         text, done, report = await verifier.run_redundant(job, k, consensus)
@@ -90,13 +99,31 @@ def _runner(
     return redundant, reports
 
 
-def _verified(payload: dict[str, Any], reports: Reports) -> Response:
+async def _spot_checked(
+    verifier: Verifier, job: Job, events: AsyncGenerator[TaskChunk | TaskDone, None]
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """The events as they are; the finished task is offered for a spot check."""
+    parts: list[str] = []
+    async with aclosing(events) as stream:
+        async for event in stream:
+            if isinstance(event, TaskChunk):
+                parts.append(event.text)
+            else:
+                verifier.after_task(job, event, "".join(parts))
+            yield event
+
+
+def _verification_headers(reports: Reports) -> dict[str, str]:
     if not reports:
-        return JSONResponse(payload)
-    ordered = list(reports.values())
-    payload["inferswarm"] = {"verification": [r.as_dict() for r in ordered]}
-    worst = min(ordered, key=lambda r: len(r.verdict.agreeing) / len(r.miners))
-    return JSONResponse(payload, headers={"X-Inferswarm-Verification": worst.header()})
+        return {}
+    worst = min(reports.values(), key=lambda r: len(r.verdict.agreeing) / len(r.miners))
+    return {"X-Inferswarm-Verification": worst.header()}
+
+
+def _verified(payload: dict[str, Any], headers: dict[str, str], reports: Reports) -> Response:
+    if reports:
+        payload["inferswarm"] = {"verification": [r.as_dict() for r in reports.values()]}
+    return JSONResponse(payload, headers={**headers, **_verification_headers(reports)})
 
 
 def caller_of(request: Request) -> Caller:
@@ -107,36 +134,34 @@ def caller_of(request: Request) -> Caller:
     )
 
 
-async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+def measured(
+    request: Request, job: Job, trace: Trace | None = None
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
     """The dispatcher's events, with the task's latency, tokens and outcome recorded."""
     metrics: RouterMetrics = request.app.state.metrics
-    model = job.model
-    started = time.perf_counter()
-    outcome = "cancelled"
-    first_token = True
-    metrics.in_flight.inc()
-    parts: list[str] = []
-    try:
-        async with aclosing(_dispatcher(request).run(job)) as events:
-            async for event in events:
-                if isinstance(event, TaskChunk):
-                    parts.append(event.text)
-                if isinstance(event, TaskChunk) and first_token:
-                    first_token = False
-                    metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                elif isinstance(event, TaskDone):
-                    request.app.state.verifier.after_task(job, event, "".join(parts))
-                    outcome = "ok"
-                    metrics.e2e.labels(model).observe(time.perf_counter() - started)
-                    metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
-                    metrics.generation_tokens.labels(model).inc(event.completion_tokens)
-                yield event
-    except APIError as exc:
-        outcome = exc.code or exc.error_type
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.requests.labels(model, outcome).inc()
+    return metrics.measured(_dispatcher(request), job, trace)
+
+
+def _traced(
+    request: Request, plan: Plan, traces: list[Trace]
+) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
+    """``measured`` with each of the plan's jobs writing to its own trace."""
+    by_job = {id(job): trace for job, trace in zip(plan.jobs, traces, strict=True)}
+    return lambda job: measured(request, job, by_job.get(id(job)))
+
+
+def served_by(traces: list[Trace]) -> dict[str, str]:
+    """Response headers naming the miners that served the request (for a stream
+    that moved, the last one), for clients and the dashboard playground."""
+    served = [t for t in traces if t.miner_id is not None]
+    if not served:
+        return {}
+    ids = list(dict.fromkeys(str(t.miner_id) for t in served))
+    names = list(dict.fromkeys(t.miner_name or str(t.miner_id) for t in served))
+    name = ", ".join(names)
+    if not (name.isascii() and name.isprintable()):
+        name = ", ".join(ids)
+    return {"x-inferswarm-miner-id": ", ".join(ids), "x-inferswarm-miner": name}
 
 
 def _dispatcher(request: Request) -> Dispatcher:
@@ -154,6 +179,7 @@ async def _stream(
     request_id: str,
     render: SseRenderer,
     run: Runner,
+    traces: list[Trace],
     reports: Reports,
 ) -> Response:
     events = merge_streams([run(job) for job in plan.jobs])
@@ -198,11 +224,16 @@ async def _stream(
             yield _sse(schemas.usage_chunk(request_id, body.model, created, obj, usage))
         yield "data: [DONE]\n\n"
 
-    headers = {"Cache-Control": "no-cache"}
-    if reports:  # redundant runs finished before the first event: all verdicts are in
-        worst = min(reports.values(), key=lambda r: len(r.verdict.agreeing) / len(r.miners))
-        headers["X-Inferswarm-Verification"] = worst.header()
-    return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(
+        sse(),
+        media_type="text/event-stream",
+        # With redundancy, the verdicts of the jobs done before the first event.
+        headers={
+            "Cache-Control": "no-cache",
+            **served_by(traces),
+            **_verification_headers(reports),
+        },
+    )
 
 
 def _chat_sse(
