@@ -4,6 +4,7 @@ the corrupt answer with redundancy 3, and spot checks quarantine the cheater."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -66,6 +67,19 @@ def test_redundancy_3_never_hands_out_the_corrupt_answer(net: Network) -> None:
         for _ in range(5):
             assert ask(api, redundancy=2).parse().choices[0].message.content == HONEST
             assert ask(api).parse().choices[0].message.content == HONEST
+
+    events = httpx.get(net.base_url + "/v1/network").json()["events"]
+    kinds = {(e["kind"], e["miner_id"]) for e in events}
+    assert ("verify_fail", cheat_id) in kinds
+    assert ("quarantine", cheat_id) in kinds
+
+    # The ledger holds every signed result with its verdict, attributable by key.
+    with sqlite3.connect(net.workdir / "router" / "router.db") as db:
+        rows = db.execute("SELECT miner_id, verdict, signature, public_key FROM results").fetchall()
+    verdicts = {(miner, verdict) for miner, verdict, _, _ in rows}
+    assert (cheat_id, "rejected") in verdicts
+    assert {v for m, v in verdicts if m != cheat_id} >= {"agreed"}
+    assert all(len(sig) == 128 and len(key) == 64 for _, _, sig, key in rows)
 
     metrics = httpx.get(net.base_url + "/metrics").text
     assert (

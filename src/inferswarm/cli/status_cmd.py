@@ -121,7 +121,9 @@ def summary_line(network: dict[str, Any]) -> Text:
         f"TTFT p50/p95 {_seconds(minute['ttft_p50'])}/{_seconds(minute['ttft_p95'])}, "
         f"e2e p50/p95 {_seconds(minute['e2e_p50'])}/{_seconds(minute['e2e_p95'])} · "
         f"failovers {totals.get('failover', 0)}, migrations {totals.get('migration', 0)}, "
-        f"hedges {totals.get('hedge', 0)}, bans {totals.get('ban', 0)}"
+        f"hedges {totals.get('hedge', 0)}, bans {totals.get('ban', 0)}, "
+        f"failed verifications {totals.get('verify_fail', 0)}, "
+        f"quarantines {totals.get('quarantine', 0)}"
     )
 
 

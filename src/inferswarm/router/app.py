@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
-from inferswarm.protocol import TaskChunk, TaskDone
+from inferswarm.protocol import MinerId, TaskChunk, TaskDone
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import (
     batches,
@@ -31,6 +31,7 @@ from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
 from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.events import EventKind
 from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
@@ -38,6 +39,7 @@ from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
+from inferswarm.router.verify.consensus import Consensus, Verdict
 from inferswarm.router.verify.reputation import Outcome, Standing
 from inferswarm.router.verify.service import Verifier
 from inferswarm.storage import BlobDir, Store
@@ -164,20 +166,32 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
 
 def _verifier(app: FastAPI, settings: RouterSettings, registry: MinerRegistry) -> Verifier:
+    """The verifier, with its verdicts and reputation changes counted in the
+    metrics and written to the network's event log."""
     verifier = Verifier(registry, app.state.dispatcher, settings.verify)
     metrics: RouterMetrics = app.state.metrics
-    verifier.on_verdict(
-        lambda purpose, consensus, verdict: metrics.verifications.labels(
-            purpose, consensus.value, verdict.status.value
-        ).inc()
-    )
 
-    def count(miner_id: object, outcome: Outcome, before: Standing, after: Standing) -> None:
+    def verdict(purpose: str, consensus: Consensus, verdict: Verdict) -> None:
+        metrics.verifications.labels(purpose, consensus.value, verdict.status.value).inc()
+        if verdict.trusted:
+            for miner_id in verdict.disagreeing:
+                detail = (
+                    f"{purpose} ({consensus.value}): its result disagreed with the verified one"
+                )
+                registry.note(EventKind.VERIFY_FAIL, miner_id, detail)
+
+    def outcome(miner_id: MinerId, outcome: Outcome, before: Standing, after: Standing) -> None:
         metrics.reputation_outcomes.labels(outcome.value).inc()
+        score = f"reputation {registry.book.score(miner_id):.2f}"
+        if outcome is Outcome.FORGED:
+            registry.note(EventKind.FORGED, miner_id, "a result failed its signature check")
         if after.quarantined and not before.quarantined:
-            metrics.quarantines.inc()
+            registry.note(EventKind.QUARANTINE, miner_id, f"after {outcome.value}; {score}")
+        elif before.quarantined and not after.quarantined:
+            registry.note(EventKind.RELEASE, miner_id, f"passed its canaries; {score}")
 
-    registry.book.on_outcome(count)
+    verifier.on_verdict(verdict)
+    registry.book.on_outcome(outcome)
     return verifier
 
 

@@ -1,5 +1,5 @@
 """What happened in the network lately: joins, leaves, bans, migrations,
-hedges, failovers. A bounded log for ``/v1/network``, the dashboard and
+hedges, failovers, failed verifications, quarantines. A bounded log for ``/v1/network``, the dashboard and
 ``inferswarm status``, with a running total per kind for ``/metrics``."""
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ class EventKind(StrEnum):
     MIGRATION = "migration"
     HEDGE = "hedge"
     FAILOVER = "failover"
+    VERIFY_FAIL = "verify_fail"
+    """A verification (consensus, spot check, canary) found a miner's result wrong."""
+    FORGED = "forged"
+    """A result whose signature or output hash did not verify."""
+    QUARANTINE = "quarantine"
+    RELEASE = "release"
+    """A quarantined miner passed its canaries and is back on probation."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,16 @@ EVENT_COUNTERS = {
         "inferswarm_hedges",
         "Duplicate tasks started by hedging a slow first token.",
     ),
+    EventKind.VERIFY_FAIL: (
+        "inferswarm_verification_failures",
+        "Results a verification found wrong (consensus, spot check or canary).",
+    ),
+    EventKind.FORGED: (
+        "inferswarm_forged_results",
+        "Results rejected because their signature or output hash did not verify.",
+    ),
+    EventKind.QUARANTINE: ("inferswarm_quarantines", "Times a miner was quarantined."),
+    EventKind.RELEASE: ("inferswarm_quarantine_releases", "Miners released after canaries."),
     EventKind.FAILOVER: (
         "inferswarm_failovers",
         "Tasks retried on another miner after failing before any output.",
@@ -142,9 +152,6 @@ class RouterMetrics:
             "Outcomes recorded in the reputation book (pass, fail, forged, timeout, ...).",
             ["outcome"],
             registry=self.registry,
-        )
-        self.quarantines = Counter(
-            "inferswarm_quarantines", "Times a miner was quarantined.", registry=self.registry
         )
         self.registry.register(_NetworkCollector(miners, queue))
 

@@ -114,7 +114,7 @@ class NetworkView:
         return {
             "id": info.miner_id,
             "name": info.name,
-            "state": conn.state.value,
+            "state": self._registry.state_of(conn).value,
             "banned": self._registry.is_banned(conn.miner_id),
             "engine": info.engine,
             "models": [offer.name for offer in info.models],
@@ -128,7 +128,7 @@ class NetworkView:
             "observed_tokens_per_s": _rounded(conn.speed.observed_generation),
             "observed_ttft_s": _rounded(conn.speed.observed_ttft_s, 3),
             "reported_tokens_per_s": _rounded(beat.tokens_per_s if beat else None),
-            "reputation": None,
+            "reputation": round(self._registry.book.score(conn.miner_id), 4),
             "utilisation": {
                 "cpu_percent": beat.cpu_percent if beat else None,
                 "ram_percent": beat.ram_percent if beat else None,

@@ -205,6 +205,12 @@ class MinerRegistry:
     def failovers(self) -> int:
         return self.events.totals[EventKind.FAILOVER]
 
+    def state_of(self, conn: MinerConnection) -> MinerState:
+        """The connection's state, or quarantined when the reputation book says so."""
+        if self.book.is_quarantined(conn.miner_id):
+            return MinerState.QUARANTINED
+        return conn.state
+
     def note(self, kind: EventKind, miner_id: MinerId, detail: str) -> None:
         """Record something that happened to or because of a miner."""
         conn = self._miners.get(miner_id)

@@ -7,8 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from inferswarm.router.registry import MinerConnection, MinerRegistry
-from inferswarm.router.schedule import MinerState
-from inferswarm.router.verify.book import ReputationBook
 
 router = APIRouter()
 
@@ -19,19 +17,19 @@ async def list_miners(request: Request) -> dict[str, Any]:
     now: float = request.app.state.clock()
     return {
         "object": "list",
-        "data": [describe(conn, now, registry.book) for conn in registry.connections()],
+        "data": [describe(conn, now, registry) for conn in registry.connections()],
     }
 
 
-def describe(conn: MinerConnection, now: float, book: ReputationBook) -> dict[str, Any]:
+def describe(conn: MinerConnection, now: float, registry: MinerRegistry) -> dict[str, Any]:
     info = conn.info
     heartbeat = conn.heartbeat
+    book = registry.book
     standing = book.standing(conn.miner_id)
-    quarantined = standing.quarantined
     return {
         "id": info.miner_id,
         "name": info.name,
-        "state": MinerState.QUARANTINED.value if quarantined else conn.state.value,
+        "state": registry.state_of(conn).value,
         "reputation": round(book.score(conn.miner_id), 4),
         "verification": {
             "passed": standing.passes,
