@@ -1,0 +1,58 @@
+"""Verification on real llama.cpp miners (the shipped SmolLM2-135M Q4_1): with
+redundancy 3 and one miner corrupting its answers, the client gets the answer
+the honest miners agree on, token for token, and never the corrupt one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from netutil import Network
+from test_llama import MODEL, start_llama
+
+pytestmark = pytest.mark.llama
+
+QUESTIONS = ("What color is the sky on a clear day?", "Name a fruit that is yellow.")
+
+
+def test_redundancy_3_outvotes_a_corrupt_llama_miner(net: Network, tmp_path: Path) -> None:
+    net.start_router()
+    cache = tmp_path / "cache"
+    start_llama(net, "honest-1", cache)
+    start_llama(net, "honest-2", cache)
+    net.start_miner(
+        "cheat",
+        "--threads", "1", "--ctx", "1024", "--cache-dir", str(cache),
+        "--fault", "corrupt",
+        engine="llamacpp",
+    )  # fmt: skip
+    net.wait_miners(3, timeout=180)
+    ids = {str(m["name"]): str(m["id"]) for m in net.miners()}
+    with openai.OpenAI(
+        base_url=net.base_url + "/v1", api_key="none", max_retries=0, timeout=180
+    ) as api:
+        for question in QUESTIONS[:1]:
+            raw = api.chat.completions.with_raw_response.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": question}],
+                max_tokens=16,
+                extra_body={"inferswarm": {"redundancy": 3, "consensus": "exact"}},
+            )
+            report = raw.http_response.json()["inferswarm"]["verification"][0]
+            assert report["disagreed"] == [ids["cheat"]]
+            assert sorted(report["agreed"]) == sorted([ids["honest-1"], ids["honest-2"]])
+            answer = raw.parse().choices[0].message.content
+            assert answer
+            # The same request, greedy, on an honest miner alone gives the same text.
+            alone = api.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": question}],
+                max_tokens=16,
+                temperature=0,
+                seed=0,
+            )
+            assert alone.choices[0].message.content == answer
+    states = {str(m["name"]): m["state"] for m in net.miners()}
+    assert states == {"honest-1": "live", "honest-2": "live", "cheat": "quarantined"}
