@@ -23,7 +23,7 @@ LLAMA_WHEEL_STAMP := $(WHEELHOUSE)/.built
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test check lint typecheck install install-dev bench clean llama-wheel system-deps
+.PHONY: up test check lint typecheck install install-dev install-verify bench clean llama-wheel system-deps
 
 up: $(VENV)/.installed
 	$(BIN)/inferswarm up $(UP_ARGS)
@@ -80,6 +80,10 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-verify: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,verify]'
 	touch $@
 
 clean:

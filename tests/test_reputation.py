@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from inferswarm.protocol import MinerId
 from inferswarm.router.verify.consensus import (
     Status,
@@ -98,3 +100,20 @@ def test_a_failed_canary_restarts_the_count() -> None:
         standing = record(standing, Outcome.PASS, 0.0, POLICY, canary=True)
     standing = record(standing, Outcome.FAIL, 0.0, POLICY, canary=True)
     assert standing.quarantined and standing.canary_passes == 0
+
+
+def test_semantic_consensus_without_the_extra_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from inferswarm.openai_compat.errors import InvalidRequest
+    from inferswarm.router.verify import service
+
+    monkeypatch.setattr(service, "missing_extra", lambda: "install 'inferswarm[verify]'")
+    verifier = service.Verifier.__new__(service.Verifier)
+    verifier.settings = service.VerifySettings()
+    verifier._embedder = None
+    with pytest.raises(InvalidRequest, match=r"inferswarm\[verify\]"):
+        verifier.options(3, "semantic")
+    assert verifier.options(3, "exact") == (3, service.Consensus.EXACT)
+    with pytest.raises(InvalidRequest, match="choose exact or semantic"):
+        verifier.options(3, "vibes")

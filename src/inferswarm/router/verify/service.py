@@ -31,7 +31,7 @@ from inferswarm.router.verify.consensus import (
     decide,
     exact_similarity,
 )
-from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, SemanticUnavailable
+from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, missing_extra
 from inferswarm.router.verify.options import VerifySettings
 from inferswarm.router.verify.reputation import Outcome
 from inferswarm.storage import ResultRecord, Store
@@ -107,6 +107,7 @@ class Verifier:
         self._dispatcher = dispatcher
         self.settings = settings
         self._embedder = embedder
+        self._embedder_lock = asyncio.Lock()
         self._rng = rng or random.Random()
         self._store: Store | None = None
         self._runs: OrderedDict[TaskId, Run] = OrderedDict()
@@ -172,16 +173,21 @@ class Verifier:
                 f"Unknown consensus {consensus!r}; choose exact or semantic.",
                 param="inferswarm.consensus",
             ) from None
-        if chosen is Consensus.SEMANTIC and k > 1 and self._embedder is None:
-            try:
-                self._embedder = MiniLMEmbedder.load()
-            except SemanticUnavailable as exc:
-                raise InvalidRequest(
-                    f"This router cannot do semantic consensus: {exc}.",
-                    param="inferswarm.consensus",
-                    code="semantic_unavailable",
-                ) from None
+        why_not = missing_extra() if chosen is Consensus.SEMANTIC and k > 1 else None
+        if why_not is not None and self._embedder is None:
+            raise InvalidRequest(
+                f"This router cannot do semantic consensus: {why_not}.",
+                param="inferswarm.consensus",
+                code="semantic_unavailable",
+            )
         return k, chosen
+
+    async def embedder(self) -> Embedder:
+        """The sentence-embedding model, loaded once (in a thread: it takes seconds)."""
+        async with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = await asyncio.to_thread(MiniLMEmbedder.load)
+            return self._embedder
 
     async def run_redundant(
         self, job: Job, k: int, consensus: Consensus
@@ -193,7 +199,9 @@ class Verifier:
         job = replace(_verifiable(job, consensus), claimed=set(), model_hash=model_hash)
         outputs = await asyncio.gather(*(collect(self._dispatcher.run(job)) for _ in range(k)))
         runs = [self._run_of(done) for _, done in outputs]
-        verdict = self._decide([r.miner_id for r in runs], [text for text, _ in outputs], consensus)
+        verdict = await self._decide(
+            [r.miner_id for r in runs], [text for text, _ in outputs], consensus
+        )
         self._judge("redundant", consensus, runs, verdict)
         if verdict.answer is None:
             raise UpstreamFailed(
@@ -235,11 +243,13 @@ class Verifier:
             )
         return run
 
-    def _decide(self, miners: list[MinerId], texts: list[str], consensus: Consensus) -> Verdict:
+    async def _decide(
+        self, miners: list[MinerId], texts: list[str], consensus: Consensus
+    ) -> Verdict:
         if consensus is Consensus.EXACT:
             return decide(miners, exact_similarity(texts), 1.0)
-        assert self._embedder is not None
-        vectors = self._embedder.embed(texts)
+        embedder = await self.embedder()
+        vectors = await asyncio.to_thread(embedder.embed, texts)
         return decide(miners, cosine_similarity(vectors), self.settings.semantic_threshold)
 
     def _judge(
@@ -291,7 +301,7 @@ class Verifier:
                 other, done = await collect(self._dispatcher.run(check))
                 runs.append(self._run_of(done))
                 texts.append(other)
-                verdict = self._decide([r.miner_id for r in runs], texts, consensus)
+                verdict = await self._decide([r.miner_id for r in runs], texts, consensus)
                 if verdict.status is Status.AGREED:
                     break
         except Exception as exc:
