@@ -2,16 +2,14 @@
 and the compute spent on verification, for spot-check rates p in {0.01, 0.05,
 0.2} and each strategy.
 
-SIMULATED: this runs the router's real pure logic (``consensus.decide`` on the
-outputs, ``reputation.record`` on the outcomes) over simulated miners. What is
-not measured here but assumed, and stated in the table's settings:
-- a checked corrupt, random or lazy output differs from the honest greedy output
-  with probability 1 under exact consensus (true of the fake engine and of the
-  --fault modes by construction; the tests show it end to end with fakes);
-- the semantic strategy's detection of each kind and its honest false-verdict
-  rate are parameters (SEMANTIC_DETECTS, SEMANTIC_FALSE_VERDICT); they were not
-  measured with all-MiniLM-L6-v2 in this run;
-- honest miners time out on 2 % and error on 1 % of tasks.
+SIMULATED: miners and tasks. The router's real pure logic runs on them
+(``consensus.decide`` on the outputs, ``reputation.record`` on the outcomes).
+MEASURED first (bench/verification_rates.py, real llama.cpp on the shipped
+SmolLM2-135M with the miner's real --fault code, all-MiniLM-L6-v2 for semantic):
+the share of each cheater kind's outputs that each strategy detects, and its
+false-verdict rate on honest outputs. ``--assume`` skips the measurement and uses
+the defaults below. ASSUMED: honest miners time out on 2 % and error on 1 % of
+tasks; spot checks use exact consensus (the router's spot checks do).
 
 Strategies:
 - ``spot-exact``: a share p of finished tasks is re-run on a checker; on
@@ -23,6 +21,7 @@ Strategies:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import statistics
 import sys
@@ -50,8 +49,9 @@ CHEATERS = {
     "random-100%": ("random", 1.0),
     "lazy-50%": ("lazy", 0.5),
 }
-SEMANTIC_DETECTS = {"corrupt": 0.95, "random": 1.0, "lazy": 0.5}
-SEMANTIC_FALSE_VERDICT = 0.002
+EXACT_DETECTS = {"corrupt": 1.0, "random": 1.0, "lazy": 1.0}
+SEMANTIC_DETECTS = {"corrupt": 1.0, "random": 1.0, "lazy": 0.5}
+SEMANTIC_FALSE_VERDICT = 0.0
 HONEST_TIMEOUTS, HONEST_ERRORS = 0.02, 0.01
 TASK_LIMIT = 5000
 POLICY = ReputationPolicy()
@@ -62,20 +62,27 @@ class Strategy:
     name: str
     extra_runs: float
     """Extra runs per checked task when everybody agrees."""
-    semantic: bool
+    detects_by_kind: dict[str, float]
+    false_verdict_rate: float
 
     def detects(self, kind: str) -> float:
-        return SEMANTIC_DETECTS[kind] if self.semantic else 1.0
+        return self.detects_by_kind[kind]
 
     def false_verdict(self) -> float:
-        return SEMANTIC_FALSE_VERDICT if self.semantic else 0.0
+        return self.false_verdict_rate
 
 
-STRATEGIES = (
-    Strategy("spot-exact", 1.0, False),
-    Strategy("redundant-exact", 2.0, False),
-    Strategy("redundant-semantic", 2.0, True),
-)
+def strategies(rates: dict[str, object]) -> tuple[Strategy, ...]:
+    exact = rates.get("exact_detects", EXACT_DETECTS)
+    semantic = rates.get("semantic_detects", SEMANTIC_DETECTS)
+    exact_fv = 1.0 - float(str(rates.get("exact_honest_equal", 1.0)))
+    semantic_fv = float(str(rates.get("semantic_false_verdict_same_seed", SEMANTIC_FALSE_VERDICT)))
+    assert isinstance(exact, dict) and isinstance(semantic, dict)
+    return (
+        Strategy("spot-exact", 1.0, exact, exact_fv),
+        Strategy("redundant-exact", 2.0, exact, exact_fv),
+        Strategy("redundant-semantic", 2.0, semantic, semantic_fv),
+    )
 
 
 def checked_outcome(wrong: bool, rng: random.Random, strategy: Strategy) -> tuple[Outcome, int]:
@@ -137,12 +144,21 @@ def main() -> None:
     parser.add_argument("--honest-tasks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--assume", action="store_true", help="skip the llama.cpp measurement; use the defaults"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "verification.json"
     )
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    rates: dict[str, object] = {}
+    if not args.assume:
+        from verification_rates import measure
+
+        rates = asyncio.run(measure())
+        Console().print(f"measured outcome rates: {rates}")
     rows = []
-    for strategy in STRATEGIES:
+    for strategy in strategies(rates):
         for p in RATES:
             row: dict[str, object] = {"strategy": strategy.name, "p": p}
             for label, (kind, share) in CHEATERS.items():
@@ -176,12 +192,16 @@ def main() -> None:
         "trials": args.trials,
         "honest_tasks": args.honest_tasks,
         "task_limit": TASK_LIMIT,
-        "semantic_detects": SEMANTIC_DETECTS,
-        "semantic_false_verdict": SEMANTIC_FALSE_VERDICT,
+        "measured_rates": rates or "not measured (--assume)",
+        "assumed_if_not_measured": {
+            "exact_detects": EXACT_DETECTS,
+            "semantic_detects": SEMANTIC_DETECTS,
+            "semantic_false_verdict": SEMANTIC_FALSE_VERDICT,
+        },
         "honest_timeouts": HONEST_TIMEOUTS,
         "honest_errors": HONEST_ERRORS,
         "policy": repr(POLICY),
-        "simulated": "miners and outcome rates; consensus.decide and reputation.record are the router's",
+        "simulated": "miners and tasks; consensus.decide and reputation.record are the router's",
     }
     write_results(args.out, "verification", settings, rows)
 
