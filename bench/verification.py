@@ -76,7 +76,8 @@ def strategies(rates: dict[str, object]) -> tuple[Strategy, ...]:
     exact = rates.get("exact_detects", EXACT_DETECTS)
     semantic = rates.get("semantic_detects", SEMANTIC_DETECTS)
     exact_fv = 1.0 - float(str(rates.get("exact_honest_equal", 1.0)))
-    semantic_fv = float(str(rates.get("semantic_false_verdict_same_seed", SEMANTIC_FALSE_VERDICT)))
+    # Redundant runs decode greedily (router/verify/service.py), so the greedy rate applies.
+    semantic_fv = float(str(rates.get("semantic_false_verdict_greedy", SEMANTIC_FALSE_VERDICT)))
     assert isinstance(exact, dict) and isinstance(semantic, dict)
     return (
         Strategy("spot-exact", 1.0, exact, exact_fv),
