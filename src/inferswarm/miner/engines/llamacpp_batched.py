@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -22,6 +23,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 from inferswarm import __version__
 from inferswarm.miner.engines.base import TaskRejected
@@ -57,6 +60,11 @@ from inferswarm.protocol import (
 PROMPT_CHUNK = 128
 """Prompt tokens one decode step takes on top of the generating sequences: a
 long prompt costs running streams one such step's delay at a time."""
+MAX_AUTO_SLOTS = 8
+"""Beyond this many sequences a CPU gains little aggregate speed (the issue's
+measurement: 8 sequences ~1.85x one on 2 cores) while each one slows down."""
+KV_MEMORY_SHARE = 0.25
+"""Share of available memory the KV cache may take when slots are chosen."""
 PENALTY_LAST_N = 64
 """Tokens the frequency and presence penalties look back over (as ``Llama``)."""
 
@@ -97,8 +105,26 @@ class _Job:
         self.stops = StopSequenceFilter(self.sampling.stop)
 
 
+def auto_slots(kv_bytes_per_token: int, context_length: int, available_bytes: int) -> int:
+    """As many sequences as fit in ``KV_MEMORY_SHARE`` of memory, 1 to ``MAX_AUTO_SLOTS``."""
+    per_sequence = max(kv_bytes_per_token * context_length, 1)
+    return max(1, min(MAX_AUTO_SLOTS, int(available_bytes * KV_MEMORY_SHARE) // per_sequence))
+
+
+def _kv_bytes_per_token(model: Any) -> int:
+    """F16 keys and values over every layer."""
+    import llama_cpp
+
+    layers = llama_cpp.llama_model_n_layer(model.model)
+    heads = llama_cpp.llama_model_n_head(model.model)
+    kv_heads = llama_cpp.llama_model_n_head_kv(model.model)
+    head_dim = model.n_embd() // max(heads, 1)
+    return int(2 * layers * kv_heads * head_dim * 2)
+
+
 class BatchedLlamaEngine:
-    """Serves ``slots`` tasks at once from one llama.cpp context."""
+    """Serves ``slots`` tasks at once from one llama.cpp context (``config.slots``
+    0: as many as memory allows, at most ``MAX_AUTO_SLOTS``)."""
 
     name = "llamacpp-batched"
 
@@ -107,16 +133,20 @@ class BatchedLlamaEngine:
         from llama_cpp import _internals
 
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        self._model: Any = _internals.LlamaModel(
+            path_model=str(config.model_path),
+            params=llama_cpp.llama_model_default_params(),
+            verbose=False,
+        )
+        if config.slots < 1:
+            available = psutil.virtual_memory().available
+            slots = auto_slots(_kv_bytes_per_token(self._model), config.context_length, available)
+            config = dataclasses.replace(config, slots=slots)
         self.config = config
         self.slots = config.slots
         self.capability: Capability | None = None
         self._threads = config.threads or os.cpu_count() or 1
         self._budget = prompt_chunk + config.slots
-        self._model = _internals.LlamaModel(
-            path_model=str(config.model_path),
-            params=llama_cpp.llama_model_default_params(),
-            verbose=False,
-        )
         params = llama_cpp.llama_context_default_params()
         # One KV stream per sequence, not one unified cache: attention then
         # reduces over the same cells in the same order whether a sequence runs
@@ -128,8 +158,8 @@ class BatchedLlamaEngine:
         params.n_batch = params.n_ubatch = self._budget
         params.n_threads = params.n_threads_batch = self._threads
         params.no_perf = True
-        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
-        self._batch = _internals.LlamaBatch(n_tokens=self._budget, embd=0, n_seq_max=1)
+        self._ctx: Any = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._batch: Any = _internals.LlamaBatch(n_tokens=self._budget, embd=0, n_seq_max=1)
         self._chat = chat_formatter(self._model)
         self._model_name = ModelName(config.model_name or model_name_for(config.model_path))
         self._hash = file_sha256(config.model_path)
@@ -312,7 +342,7 @@ class BatchedLlamaEngine:
     def _sampler_for(self, sampling: SamplingParams) -> Any:
         from llama_cpp import _internals
 
-        sampler = _internals.LlamaSampler()
+        sampler: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
         if sampling.frequency_penalty or sampling.presence_penalty:
             sampler.add_penalties(
                 self._model.n_vocab(),
