@@ -435,44 +435,51 @@ BENCH_GENERATED_TOKENS = 32
 
 async def measure_capability(engine: Any, model: ModelName, sequences: int) -> Capability:
     """Prompt speed, one sequence's generation speed and the aggregate over
-    ``sequences`` at once, measured through ``engine.generate`` itself."""
+    ``sequences`` at once, measured through ``engine.generate`` itself.
 
-    def task(index: int, max_tokens: int) -> TaskAssign:
+    Generation speeds count only tokens after each sequence's first one, so
+    prompt processing does not dilute them.
+    """
+
+    def task(index: int, prompt: str, max_tokens: int) -> TaskAssign:
         return TaskAssign(
             task_id=TaskId(f"benchmark-{index}"),
             model=model,
             # Distinct prompts: a shared one would be a prefix-cache hit.
-            prompt=f"{index}. {BENCH_PROMPT}",
+            prompt=f"{index}. {prompt}",
             sampling=SamplingParams(max_tokens=max_tokens, temperature=0),
         )
 
-    async def run(index: int, max_tokens: int) -> tuple[float, float, int, int]:
-        """(seconds to the first token, seconds after it, prompt tokens, tokens)."""
+    async def run(assign: TaskAssign) -> tuple[float, float, int, int]:
+        """(seconds to the first token, seconds after it, prompt tokens, tokens after the first)."""
         started = time.perf_counter()
         first = started
         count = 0
         prompt_tokens = 0
-        async for event in engine.generate(task(index, max_tokens)):
+        async for event in engine.generate(assign):
             if isinstance(event, TaskChunk):
                 if count == 0:
                     first = time.perf_counter()
                 count += event.tokens
             else:
                 prompt_tokens = event.prompt_tokens
-        return first - started, time.perf_counter() - first, prompt_tokens, count
+        return first - started, time.perf_counter() - first, prompt_tokens, max(count - 1, 0)
 
-    await run(-1, 2)  # warm-up: the first decode allocates compute buffers
-    ttft, _, prompt_tokens, _ = await run(-2, 1)
-    _, after, _, count = await run(-3, BENCH_GENERATED_TOKENS + 1)
-    alone = (count - 1) / after
+    def speed(after: float, tokens: int) -> float:
+        return tokens / after if after > 0 else 0.0
+
+    short = "Write about the sea."
+    await run(task(-1, short, 2))  # warm-up: the first decode allocates compute buffers
+    ttft, _, prompt_tokens, _ = await run(task(-2, BENCH_PROMPT, 1))
+    _, after, _, count = await run(task(-3, short, BENCH_GENERATED_TOKENS + 1))
+    alone = speed(after, count)
     batched = alone
     if sequences > 1:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(run(i, BENCH_GENERATED_TOKENS) for i in range(sequences)))
-        batched = sum(r[3] for r in results) / (time.perf_counter() - started)
+        runs = (run(task(i, short, BENCH_GENERATED_TOKENS // 2 + 1)) for i in range(sequences))
+        batched = sum(speed(r[1], r[3]) for r in await asyncio.gather(*runs))
     return Capability(
         prompt_tokens_per_s=round(prompt_tokens / ttft, 1),
-        generation_tokens_per_s=round(alone, 1),
+        generation_tokens_per_s=round(max(alone, 0.1), 1),
         batched_sequences=sequences,
-        batched_generation_tokens_per_s=round(batched, 1),
+        batched_generation_tokens_per_s=round(max(batched, 0.1), 1),
     )
