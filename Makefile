@@ -23,7 +23,7 @@ LLAMA_WHEEL_STAMP := $(WHEELHOUSE)/.built
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test check lint typecheck install install-dev bench clean llama-wheel
+.PHONY: up test check lint typecheck install install-dev bench bench-engine clean llama-wheel
 
 up: $(VENV)/.installed
 	$(BIN)/inferswarm up $(UP_ARGS)
@@ -42,6 +42,9 @@ install-dev: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/overhead.py
+
+bench-engine: $(VENV)/.installed-dev
+	$(BIN)/python bench/engine.py
 
 llama-wheel: $(LLAMA_WHEEL_STAMP)
 
@@ -64,7 +67,7 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 clean:

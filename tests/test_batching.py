@@ -56,6 +56,13 @@ def test_a_prefix_held_by_a_busy_sequence_is_copied() -> None:
     assert table.cached(1) == [1, 2, 3]
 
 
+def test_without_prefix_reuse_every_prompt_is_computed_whole() -> None:
+    table = SequenceTable(2, reuse_prefixes=False)
+    finished(table, [1, 2, 3])
+    placement = table.place([1, 2, 3, 4])
+    assert placement is not None and placement.reuse == 0 and placement.copy_from is None
+
+
 def test_no_sequence_when_all_are_busy_and_a_freed_one_comes_back() -> None:
     table = SequenceTable(1)
     first = table.place([1])

@@ -64,8 +64,9 @@ class SequenceTable:
     (a system prompt, a conversation's earlier turns) skips recomputing it.
     """
 
-    def __init__(self, sequences: int) -> None:
+    def __init__(self, sequences: int, *, reuse_prefixes: bool = True) -> None:
         self._slots = [_Slot() for _ in range(sequences)]
+        self._reuse = reuse_prefixes
         self._clock = 0
 
     @property
@@ -84,7 +85,7 @@ class SequenceTable:
         idle = [i for i, s in enumerate(self._slots) if not s.busy]
         if not idle:
             return None
-        usable = max(len(prompt) - 1, 0)
+        usable = max(len(prompt) - 1, 0) if self._reuse else 0
 
         def own(i: int) -> int:
             return min(common_prefix(self._slots[i].cached, prompt), usable)

@@ -128,7 +128,9 @@ class BatchedLlamaEngine:
 
     name = "llamacpp-batched"
 
-    def __init__(self, config: LlamaConfig, prompt_chunk: int = PROMPT_CHUNK) -> None:
+    def __init__(
+        self, config: LlamaConfig, prompt_chunk: int = PROMPT_CHUNK, *, reuse_prefixes: bool = True
+    ) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -163,7 +165,7 @@ class BatchedLlamaEngine:
         self._chat = chat_formatter(self._model)
         self._model_name = ModelName(config.model_name or model_name_for(config.model_path))
         self._hash = file_sha256(config.model_path)
-        self._table = SequenceTable(config.slots)
+        self._table = SequenceTable(config.slots, reuse_prefixes=reuse_prefixes)
         self._inbox: list[_Job] = []
         self._waiting: deque[_Job] = deque()
         self._running: list[_Job] = []
