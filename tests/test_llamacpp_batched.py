@@ -9,7 +9,7 @@ from contextlib import aclosing
 
 import pytest
 
-from inferswarm.miner.engines.llamacpp import LlamaConfig
+from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
 from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
 from inferswarm.miner.models import default_model_path
 from inferswarm.protocol import (
@@ -202,3 +202,18 @@ async def test_chat_messages_use_the_models_template(engine: BatchedLlamaEngine)
     text, done = await answer(engine, chat)
     assert "blue" in text.lower()
     assert done.prompt_tokens > 10
+
+
+async def test_answers_match_the_sequential_engine_token_for_token(alone: list[str]) -> None:
+    """So a task migrated between miners of either engine goes on unchanged."""
+    config = LlamaConfig(default_model_path(), context_length=1024, slots=1, threads=1)
+    sequential = await asyncio.to_thread(LlamaCppEngine, config)
+    try:
+        for index in (0, 2, 7):
+            text = ""
+            async for event in sequential.generate(task(PROMPTS[index], LENGTHS[index])):
+                if isinstance(event, TaskChunk):
+                    text += event.text
+            assert text == alone[index]
+    finally:
+        await sequential.close()

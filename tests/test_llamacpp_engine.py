@@ -20,7 +20,7 @@ pytestmark = pytest.mark.llama
 @pytest.fixture(params=[BatchedLlamaEngine, LlamaCppEngine])
 async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     built = await asyncio.to_thread(
-        request.param, LlamaConfig(default_model_path(), context_length=512, slots=1, threads=2)
+        request.param, LlamaConfig(default_model_path(), context_length=512, slots=1, threads=1)
     )
     yield built
     await built.close()

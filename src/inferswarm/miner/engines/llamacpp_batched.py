@@ -155,6 +155,10 @@ class BatchedLlamaEngine:
         # alone or in a batch, so batching never changes a greedy answer (with
         # a unified cache, interleaved cells changed rounding and some answers).
         params.kv_unified = False
+        # As llama_cpp.Llama does: with flash attention off too, greedy answers
+        # match the sequential engine's token for token (measured on the shipped
+        # model), so a task migrated between the two engines goes on unchanged.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_seq_max = config.slots
         params.n_ctx = config.context_length * config.slots
         params.n_batch = params.n_ubatch = self._budget
@@ -279,7 +283,7 @@ class BatchedLlamaEngine:
     def _loop(self) -> None:
         while True:
             with self._wakeup:
-                while not (self._inbox or self._running or self._closing):
+                while not (self._inbox or self._waiting or self._running or self._closing):
                     self._wakeup.wait()
                 if self._closing:
                     break
