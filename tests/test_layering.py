@@ -56,6 +56,20 @@ def test_openai_compat_is_shared_and_neutral() -> None:
     assert offenders("openai_compat", ("inferswarm.router", "inferswarm.miner")) == []
 
 
+def test_storage_knows_nothing_of_router_or_miner() -> None:
+    forbidden = ("inferswarm.router", "inferswarm.miner", "inferswarm.openai_compat")
+    assert offenders("storage", forbidden) == []
+
+
+def test_segmentation_decisions_are_pure() -> None:
+    """Chunking, grouping and the batch budget: no I/O, no clock, no event loop."""
+    io_modules = {"asyncio", "time", "socket", "httpx", "fastapi", "starlette", "os", "sqlalchemy"}
+    for name in ("mapreduce.py", "fanout.py", "batch.py"):
+        modules = imported_modules(PACKAGE / "router" / "segment" / name)
+        allowed_io = {"asyncio"} if name == "fanout.py" else set()  # merging streams is async
+        assert modules & (io_modules - allowed_io) == set(), name
+
+
 def test_scheduler_is_pure() -> None:
     path = PACKAGE / "router" / "schedule.py"
     modules = imported_modules(path)

@@ -3,7 +3,11 @@ behind a real router, driven by the official openai client."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,9 +143,93 @@ def test_make_up_default_network_serves_a_real_chat(tmp_path: Path) -> None:
             reply = client.chat.completions.create(
                 model=MODEL, messages=QUESTION, max_tokens=30, temperature=0
             )
-        assert "blue" in (reply.choices[0].message.content or "")
+            assert "blue" in (reply.choices[0].message.content or "")
+            answers = run_real_batch(client)
+        assert answers["sky"] == reply.choices[0].message.content, "a batch line answers as alone"
+        assert all(answers.values())
     finally:
         stop_up(proc, port)
+
+
+def run_real_batch(client: openai.OpenAI) -> dict[str, str]:
+    """A three-line batch through the Batch API; each custom_id's answer."""
+    questions = {
+        "sky": QUESTION[0]["content"],
+        "grass": "What color is grass?",
+        "sum": "What is two plus two?",
+    }
+    lines = [
+        json.dumps(
+            {
+                "custom_id": custom_id,
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": question}],
+                    "max_tokens": 30,
+                    "temperature": 0,
+                },
+            }
+        )
+        for custom_id, question in questions.items()
+    ]
+    upload = client.files.create(file=("q.jsonl", "\n".join(lines).encode()), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 180
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id and not batch.error_file_id
+    output = [
+        json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()
+    ]
+    return {
+        line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"]
+        for line in output
+    }
+
+
+def test_map_reduce_cli_digests_a_long_text_on_real_miners(
+    llama_net: Network, tmp_path: Path
+) -> None:
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[name] for name in ("assert", "break", "continue", "del", "pass"))
+    document_tokens = tokens_of(text)
+    assert document_tokens > 1000, "more than fits the miners' 1,024-token contexts with answers"
+    source = tmp_path / "doc.txt"
+    source.write_text(text)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inferswarm",
+            "map-reduce",
+            str(source),
+            "--router",
+            llama_net.base_url,
+            "--map-max-tokens",
+            "32",
+            "--reduce-max-tokens",
+            "48",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["text"].strip()
+    usage = result["usage"]
+    assert usage["tasks"] >= 3, "several map tasks and a reduce"
+    # Every token of the document went through some map task (overlap adds more).
+    assert usage["prompt_tokens"] > document_tokens
+    assert "map" in run.stderr  # the progress bar went to stderr
 
 
 def test_heartbeats_keep_flowing_during_generation(api: openai.OpenAI, llama_net: Network) -> None:

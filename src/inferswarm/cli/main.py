@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from inferswarm.cli.bench_cmd import bench
+from inferswarm.cli.mapreduce_cmd import map_reduce
 from inferswarm.cli.miner_cmd import miner
 from inferswarm.cli.router_cmd import router
 from inferswarm.cli.status_cmd import status
@@ -20,6 +22,8 @@ app.command(help=up.__doc__)(up)
 app.command(help=router.__doc__)(router)
 app.command(help=miner.__doc__)(miner)
 app.command(help=status.__doc__)(status)
+app.command(help=bench.__doc__)(bench)
+app.command(name="map-reduce", help=map_reduce.__doc__)(map_reduce)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ class EngineOptions:
     fake_claim_speed: float | None = None
     fake_output_tokens: int = 24
     fake_stall_after: int | None = None
+    fake_echo_tag: str | None = None
 
 
 class EngineKind(StrEnum):
@@ -158,6 +159,13 @@ def miner(
     fake_prompt_speed: Annotated[
         float, typer.Option(min=0, help="Fake engine prompt tokens/s (0: instant).")
     ] = 0.0,
+    fake_echo: Annotated[
+        bool,
+        typer.Option(
+            help="Fake engine starts each answer with [miner name:last prompt word:seed], "
+            "so tests see which task ran where."
+        ),
+    ] = False,
     http_port: Annotated[
         int | None,
         typer.Option(
@@ -185,6 +193,7 @@ def miner(
         fake_claim_speed,
         fake_output_tokens,
         fake_stall_after,
+        (name or socket.gethostname()) if fake_echo else None,
     )
     cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
@@ -290,6 +299,7 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
             stall_after=o.fake_stall_after,
             latency_s=o.fake_latency,
             failure_rate=o.fake_failure_rate,
+            echo_tag=o.fake_echo_tag,
             context_length=o.ctx,
             slots=o.slots or 1,
         )

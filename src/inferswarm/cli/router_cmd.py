@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
-import uvicorn
-from fastapi import FastAPI
 
 from inferswarm.cli.common import setup_logging
-from inferswarm.router.app import create_app, drain
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
-from inferswarm.router.settings import RouterSettings
+from inferswarm.router.segment.batch import BatchShare
+from inferswarm.router.settings import RouterSettings, default_data_dir
 
 
 def router(
@@ -39,8 +35,46 @@ def router(
         ),
     ] = Policy.CAPACITY_AWARE,
     data_dir: Annotated[
-        Path, typer.Option(help="Where the router keeps its state.", envvar="INFERSWARM_DATA_DIR")
-    ] = Path("data/router"),
+        Path | None,
+        typer.Option(
+            help="Where the router keeps its database and files "
+            "(default: ~/.local/share/inferswarm/router).",
+            envvar="INFERSWARM_DATA_DIR",
+        ),
+    ] = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL of the store, e.g. postgresql+asyncpg://... for routers "
+            "sharing state (default: SQLite in --data-dir).",
+            envvar="INFERSWARM_STORE_URL",
+        ),
+    ] = None,
+    max_file_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest file upload (batch input), in MiB.")
+    ] = 200.0,
+    batch_reserve: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of all slots batches leave free while interactive requests are about.",
+        ),
+    ] = 0.25,
+    task_retry_delay: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds before a failed batch task is retried (doubling each time)."
+        ),
+    ] = 1.0,
+    task_max_attempts: Annotated[
+        int,
+        typer.Option(min=1, help="Attempts per batch task before it goes to the error file."),
+    ] = 5,
+    batch_floor: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Share of all slots batches always get, under any load."),
+    ] = 0.1,
     api_key: Annotated[
         list[str] | None,
         typer.Option(
@@ -97,13 +131,17 @@ def router(
 ) -> None:
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
-    data_dir.mkdir(parents=True, exist_ok=True)
     keys = _split_keys(api_key)
     settings = RouterSettings(
         host=host,
         port=port,
         policy=policy,
-        data_dir=data_dir,
+        data_dir=data_dir or default_data_dir(),
+        store_url=store_url,
+        max_file_bytes=int(max_file_mb * 2**20),
+        batch_share=BatchShare(reserve=batch_reserve, floor=batch_floor),
+        task_retry_delay_s=task_retry_delay,
+        task_max_attempts=task_max_attempts,
         api_keys=keys,
         admin_keys=_split_keys(admin_key),
         max_queue=max_queue,
@@ -117,42 +155,11 @@ def router(
             hedge_delay_s=hedge_delay,
         ),
     )
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        access_log=False,
-        ws_ping_interval=10,
-        ws_ping_timeout=20,
-    )
-    DrainingServer(config, app, drain_timeout).run()
+    from inferswarm.cli.serve import serve  # the web and database stack, only when serving
+
+    serve(settings, log_level, drain_timeout)
 
 
 def _split_keys(values: list[str] | None) -> frozenset[str]:
     """Keys from repeated flags or a comma-separated environment variable."""
     return frozenset(k.strip() for value in values or [] for k in value.split(",") if k.strip())
-
-
-class DrainingServer(uvicorn.Server):
-    """On SIGTERM or Ctrl-C: refuse new requests, let those in flight finish
-    (bounded), then stop. A second signal stops at once."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout: float) -> None:
-        super().__init__(config)
-        self._app = app
-        self._drain_timeout = drain_timeout
-        self._draining: asyncio.Task[None] | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining is not None or self.should_exit:
-            super().handle_exit(sig, frame)
-            return
-
-        async def drain_then_exit() -> None:
-            await drain(self._app, self._drain_timeout)
-            super(DrainingServer, self).handle_exit(sig, frame)
-
-        loop = asyncio.get_event_loop()
-        self._draining = loop.create_task(drain_then_exit())

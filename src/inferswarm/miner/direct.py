@@ -29,7 +29,7 @@ def create_direct_app(engine: Engine) -> FastAPI:
         task = TaskAssign(
             task_id=TaskId(uuid.uuid4().hex),
             model=ModelName(body.model),
-            prompt=body.prompt_text(),
+            prompt=body.prompts()[0],
             sampling=SamplingParams(max_tokens=body.max_tokens or 16, temperature=body.temperature),
         )
         parts: list[str] = []
@@ -43,8 +43,7 @@ def create_direct_app(engine: Engine) -> FastAPI:
                         return schemas.text_completion(
                             f"cmpl-{task.task_id}",
                             body.model,
-                            "".join(parts),
-                            event.finish_reason,
+                            [("".join(parts), event.finish_reason)],
                             usage,
                         )
         except TaskRejected as exc:

@@ -49,6 +49,11 @@ class NotFound(APIError):
     error_type = "invalid_request_error"
 
 
+class Conflict(APIError):
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
 class PermissionDenied(APIError):
     status_code = 403
     error_type = "permission_error"

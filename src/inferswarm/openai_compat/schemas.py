@@ -8,11 +8,14 @@ real clients send (unknown fields are ignored, as OpenAI does).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 128
+"""Most tasks one request may fan out into (prompts times ``n``), as OpenAI's ``n`` limit."""
 
 
 class StreamOptions(BaseModel):
@@ -36,7 +39,7 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -105,15 +108,22 @@ class CompletionRequest(_Request):
 
     @field_validator("prompt")
     @classmethod
-    def _single_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError(
-                "send one prompt per request for now (a list of exactly one string is accepted)"
-            )
+    def _some_prompts(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("the list of prompts is empty; send at least one prompt")
         return prompt
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    @model_validator(mode="after")
+    def _bounded_fan_out(self) -> CompletionRequest:
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(
+                f"{len(self.prompts())} prompts with n={self.n} asks for more than {MAX_CHOICES} "
+                "completions in one request; split it, or use the Batch API (/v1/batches)"
+            )
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -124,8 +134,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+Answer = tuple[str, str]
+"""One choice's text and finish reason."""
+
+
 def chat_completion(
-    request_id: str, model: str, text: str, finish_reason: str, usage_: dict[str, int]
+    request_id: str, model: str, answers: Sequence[Answer], usage_: dict[str, int]
 ) -> dict[str, Any]:
     return {
         "id": request_id,
@@ -134,11 +148,12 @@ def chat_completion(
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
+            for index, (text, finish_reason) in enumerate(answers)
         ],
         "usage": usage_,
     }
@@ -150,38 +165,51 @@ def chat_chunk(
     created: int,
     delta: dict[str, Any],
     finish_reason: str | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        ],
     }
 
 
 def text_completion(
-    request_id: str, model: str, text: str, finish_reason: str, usage_: dict[str, int]
+    request_id: str, model: str, answers: Sequence[Answer], usage_: dict[str, int]
 ) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            for index, (text, finish_reason) in enumerate(answers)
+        ],
         "usage": usage_,
     }
 
 
 def text_chunk(
-    request_id: str, model: str, created: int, text: str, finish_reason: str | None = None
+    request_id: str,
+    model: str,
+    created: int,
+    text: str,
+    finish_reason: str | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        ],
     }
 
 

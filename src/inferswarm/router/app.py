@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import completions, miners, models
+from inferswarm.router.api import batches, completions, files, jobs, miners, models
 from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
@@ -24,7 +24,11 @@ from inferswarm.router.dispatch import Dispatcher
 from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import Clock, MinerRegistry
+from inferswarm.router.segment.batch_runner import BatchRunner
+from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
+from inferswarm.storage import BlobDir, Store
+from inferswarm.storage.sql import open_store
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class RouterDeps:
     """Collaborators a test may replace."""
 
     clock: Clock = field(default=time.monotonic)
+    store: Store | None = None
+    """Default: the SQL store at ``settings.database_url()``."""
 
 
 def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> FastAPI:
@@ -42,11 +48,31 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = deps.store or await open_store(settings.database_url())
+        app.state.store = store
+        app.state.blobs = BlobDir(settings.data_dir / "files")
+        runner = BatchRunner(
+            store,
+            app.state.blobs,
+            app.state.dispatcher,
+            registry,
+            settings.batch_share,
+            retry_delay_s=settings.task_retry_delay_s,
+            max_attempts=settings.task_max_attempts,
+        )
+        app.state.batch_runner = runner
+        await runner.start()
+        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry)
+        await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         try:
             yield
         finally:
             watchdog.cancel()
+            await runner.stop()
+            await app.state.job_runner.stop()
+            await store.close()
             for conn in registry.connections():
                 await registry.remove(conn, "the router is shutting down")
                 await conn.close("the router is shutting down")
@@ -66,10 +92,22 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.draining = False
     app.state.metrics = RouterMetrics(registry)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        # Uploads have their own limit, checked as the file streams in.
+        exempt=("/v1/files",),
+    )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    for api in (completions.router, models.router, miners.router):
+    for api in (
+        completions.router,
+        models.router,
+        miners.router,
+        files.router,
+        batches.router,
+        jobs.router,
+    ):
         app.include_router(api, dependencies=authed)
 
     @app.get("/healthz")

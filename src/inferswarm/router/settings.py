@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from platformdirs import user_data_path
+
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
+from inferswarm.router.segment.batch import BatchShare
+
+
+def default_data_dir() -> Path:
+    """``~/.local/share/inferswarm/router`` on Linux, the platform's equivalent elsewhere."""
+    return user_data_path("inferswarm") / "router"
 
 
 @dataclass(frozen=True)
@@ -14,7 +22,9 @@ class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     policy: Policy = Policy.CAPACITY_AWARE
-    data_dir: Path = Path("data/router")
+    data_dir: Path = field(default_factory=default_data_dir)
+    store_url: str | None = None
+    """SQLAlchemy URL of the store; default: SQLite in ``data_dir``."""
     api_keys: frozenset[str] = frozenset()
     admin_keys: frozenset[str] = frozenset()
     max_queue: int = 256
@@ -24,7 +34,16 @@ class RouterSettings:
     heartbeat_timeout_s: float = 5.0
     register_timeout_s: float = 10.0
     max_body_bytes: int = 4 * 2**20
+    max_file_bytes: int = 200 * 2**20
+    """Largest file upload (OpenAI's limit for batch input is 200 MB)."""
+    batch_share: BatchShare = field(default_factory=BatchShare)
+    task_retry_delay_s: float = 1.0
+    """Before a failed batch task is tried again; doubles with each attempt."""
+    task_max_attempts: int = 5
     limits: DispatchLimits = field(default_factory=DispatchLimits)
+
+    def database_url(self) -> str:
+        return self.store_url or f"sqlite+aiosqlite:///{self.data_dir / 'router.db'}"
 
     @property
     def auth_enabled(self) -> bool:

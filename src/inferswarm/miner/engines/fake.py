@@ -35,6 +35,9 @@ class FakeEngineConfig:
     context_length: int = 8192
     slots: int = 4
     seed: int | None = None
+    echo_tag: str | None = None
+    """Start each answer with ``[tag:last prompt word:seed]``, so a test can see
+    which miner ran which task."""
 
 
 class FakeEngine:
@@ -89,7 +92,7 @@ class FakeEngine:
                 await asyncio.sleep(max(0.0, due - loop.time()))
             if index == self.config.stall_after:
                 await asyncio.sleep(HUNG_S)
-            yield TaskChunk(task_id=task.task_id, text=f" w{index}", tokens=1)
+            yield TaskChunk(task_id=task.task_id, text=self._word(task, index), tokens=1)
         finish = "length" if produced == limit else "stop"
         yield TaskDone(
             task_id=task.task_id,
@@ -97,6 +100,12 @@ class FakeEngine:
             prompt_tokens=prompt_tokens,
             completion_tokens=produced,
         )
+
+    def _word(self, task: TaskAssign, index: int) -> str:
+        if index == 0 and self.config.echo_tag is not None:
+            last_word = _prompt_text(task).split()[-1:] or [""]
+            return f" [{self.config.echo_tag}:{last_word[0]}:{task.sampling.seed}]"
+        return f" w{index}"
 
     def benchmark_identity(self) -> dict[str, object] | None:
         return None
@@ -116,6 +125,12 @@ class FakeEngine:
 
     async def close(self) -> None:
         return None
+
+
+def _prompt_text(task: TaskAssign) -> str:
+    if task.prompt is not None:
+        return task.prompt
+    return " ".join(m.content for m in task.messages or ())
 
 
 def _count_words(task: TaskAssign) -> int:

@@ -1,5 +1,6 @@
-"""``POST /v1/chat/completions`` and ``POST /v1/completions``: parse, check,
-hand to the dispatcher, render its events as JSON or server-sent events."""
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: parse, plan the
+tasks, hand them to the dispatcher, render the results as JSON or server-sent
+events. Several prompts or ``n > 1`` fan out into tasks that run at once."""
 
 from __future__ import annotations
 
@@ -14,19 +15,24 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from inferswarm.openai_compat import schemas
-from inferswarm.openai_compat.errors import APIError, InvalidRequest, NotFound, PermissionDenied
-from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChunk, TaskDone
-from inferswarm.router.affinity import min_prompt_tokens
+from inferswarm.openai_compat.errors import APIError
+from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.api.body import parse_body, request_body_schema
+from inferswarm.router.completion import (
+    Caller,
+    Plan,
+    chat_response,
+    collect_all,
+    completion_response,
+    plan_chat,
+    plan_completion,
+    plan_usage,
+)
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.metrics import RouterMetrics
-from inferswarm.router.registry import MinerRegistry
-from inferswarm.router.schedule import Policy
+from inferswarm.router.segment.fanout import merge_streams
 
 router = APIRouter()
-
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-"""OpenAI's default for the legacy completions endpoint."""
 
 
 @router.post(
@@ -34,131 +40,35 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 )
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
-    messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
-    job = _job(body, request, body.max_tokens, messages=messages)
+    plan = plan_chat(body, caller_of(request), request.app.state.registry)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
-        return await _stream(job, request, body, request_id, _chat_sse)
-    text, done = await _collect(job, request)
-    usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
-    return JSONResponse(
-        schemas.chat_completion(request_id, body.model, text, done.finish_reason, usage)
-    )
+        return await _stream(plan, request, body, request_id, _chat_sse)
+    results = await collect_all(plan, lambda job: measured(request, job))
+    return JSONResponse(chat_response(request_id, body, plan, results))
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await parse_body(request, schemas.CompletionRequest)
-    max_tokens = body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
-    job = _job(body, request, max_tokens, prompt=body.prompt_text())
+    plan = plan_completion(body, caller_of(request), request.app.state.registry)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     if body.stream:
-        return await _stream(job, request, body, request_id, _text_sse)
-    text, done = await _collect(job, request)
-    if body.echo:
-        text = body.prompt_text() + text
-    usage = schemas.usage(done.prompt_tokens, done.completion_tokens)
-    return JSONResponse(
-        schemas.text_completion(request_id, body.model, text, done.finish_reason, usage)
-    )
+        return await _stream(plan, request, body, request_id, _text_sse)
+    results = await collect_all(plan, lambda job: measured(request, job))
+    return JSONResponse(completion_response(request_id, body, plan, results))
 
 
-def _job(
-    body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
-    request: Request,
-    max_tokens: int | None,
-    *,
-    prompt: str | None = None,
-    messages: tuple[ChatMessage, ...] | None = None,
-) -> Job:
-    model = ModelName(body.model)
-    text = prompt if prompt is not None else "".join(m.content for m in messages or ())
-    _check_model(model, text, max_tokens, request.app.state.registry)
-    sampling = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences(),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-    )
-    return Job(
-        model=model,
-        sampling=sampling,
-        prompt=prompt,
-        messages=messages,
+def caller_of(request: Request) -> Caller:
+    return Caller(
         tenant=request.state.tenant,
-        session=body.session_key(),
-        policy=_policy_override(body, request),
-        hedge=_wants_hedge(body, request),
+        is_admin=request.state.is_admin,
+        hedge_default=request.app.state.settings.hedge,
     )
 
 
-def _wants_hedge(
-    body: schemas.ChatCompletionRequest | schemas.CompletionRequest, request: Request
-) -> bool:
-    asked = body.inferswarm.hedge if body.inferswarm else None
-    return bool(request.app.state.settings.hedge if asked is None else asked)
-
-
-def _policy_override(
-    body: schemas.ChatCompletionRequest | schemas.CompletionRequest, request: Request
-) -> Policy | None:
-    name = body.inferswarm.policy if body.inferswarm else None
-    if name is None:
-        return None
-    if not request.state.is_admin:
-        raise PermissionDenied(
-            "Only admin keys may choose the scheduling policy per request; drop inferswarm.policy.",
-            param="inferswarm.policy",
-            code="admin_only",
-        )
-    try:
-        return Policy(name)
-    except ValueError:
-        valid = ", ".join(p.value for p in Policy)
-        raise InvalidRequest(
-            f"Unknown policy {name!r}; choose one of: {valid}.",
-            param="inferswarm.policy",
-            code="invalid_request",
-        ) from None
-
-
-def _check_model(
-    model: ModelName, job_text: str, max_tokens: int | None, registry: MinerRegistry
-) -> None:
-    served = registry.served_models()
-    if model not in served:
-        available = ", ".join(sorted(served)) or "none (no miner is connected)"
-        raise NotFound(
-            f"The model '{model}' is not served by any live miner. Available models: {available}.",
-            param="model",
-            code="model_not_found",
-        )
-    largest_context = max(
-        o.context_length for c in served[model] for o in c.info.models if o.name == model
-    )
-    if max_tokens is not None and max_tokens >= largest_context:
-        raise InvalidRequest(
-            f"max_tokens is {max_tokens}, but the largest context window serving '{model}' is "
-            f"{largest_context} tokens, which must hold the prompt too. Lower max_tokens.",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    at_least = min_prompt_tokens(job_text)
-    if at_least + (max_tokens or 1) > largest_context:
-        raise InvalidRequest(
-            f"The prompt has at least {at_least} tokens; with max_tokens {max_tokens or 1} it cannot "
-            f"fit the largest context window serving '{model}' ({largest_context} tokens). "
-            "Shorten the prompt or lower max_tokens.",
-            param="messages",
-            code="context_length_exceeded",
-        )
-
-
-async def _measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-    """The dispatcher's events, with the request's latency, tokens and outcome recorded."""
+async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """The dispatcher's events, with the task's latency, tokens and outcome recorded."""
     metrics: RouterMetrics = request.app.state.metrics
     model = job.model
     started = time.perf_counter()
@@ -190,28 +100,17 @@ def _dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
-async def _collect(job: Job, request: Request) -> tuple[str, TaskDone]:
-    parts: list[str] = []
-    async with aclosing(_measured(request, job)) as events:
-        async for event in events:
-            if isinstance(event, TaskChunk):
-                parts.append(event.text)
-            else:
-                return "".join(parts), event
-    raise AssertionError("the dispatcher ended without a TaskDone")
-
-
-SseRenderer = Callable[[TaskChunk | TaskDone, str, str, int], list[dict[str, Any]]]
+SseRenderer = Callable[[TaskChunk | TaskDone, str, str, int, int], list[dict[str, Any]]]
 
 
 async def _stream(
-    job: Job,
+    plan: Plan,
     request: Request,
     body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
     request_id: str,
     render: SseRenderer,
 ) -> Response:
-    events = _measured(request, job)
+    events = merge_streams([measured(request, job) for job in plan.jobs])
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
@@ -220,35 +119,38 @@ async def _stream(
         await events.aclose()
         raise
     created = int(time.time())
-    obj = (
-        "chat.completion.chunk"
-        if isinstance(body, schemas.ChatCompletionRequest)
-        else "text_completion"
-    )
+    is_chat = isinstance(body, schemas.ChatCompletionRequest)
+    obj = "chat.completion.chunk" if is_chat else "text_completion"
 
     async def sse() -> AsyncIterator[str]:
+        done: dict[int, TaskDone] = {}
         async with aclosing(events):
-            if isinstance(body, schemas.ChatCompletionRequest):
-                yield _sse(
-                    schemas.chat_chunk(
-                        request_id, body.model, created, {"role": "assistant", "content": ""}
+            if is_chat:
+                for choice in plan.choices:
+                    role = {"role": "assistant", "content": ""}
+                    yield _sse(
+                        schemas.chat_chunk(
+                            request_id, body.model, created, role, None, choice.index
+                        )
                     )
-                )
-            event: TaskChunk | TaskDone = first
+            item = first
             try:
                 while True:
-                    for payload in render(event, request_id, body.model, created):
+                    task, event = item
+                    for payload in render(event, request_id, body.model, created, task):
                         yield _sse(payload)
                     if isinstance(event, TaskDone):
-                        break
-                    event = await anext(events)
+                        done[task] = event
+                    item = await anext(events)
+            except StopAsyncIteration:
+                pass
             except APIError as exc:
                 yield _sse(exc.body())
                 return
-            if body.wants_usage_in_stream():
-                usage = schemas.usage(event.prompt_tokens, event.completion_tokens)
-                yield _sse(schemas.usage_chunk(request_id, body.model, created, obj, usage))
-            yield "data: [DONE]\n\n"
+        if body.wants_usage_in_stream():
+            usage = plan_usage(plan, [done[i] for i in range(len(plan.jobs))])
+            yield _sse(schemas.usage_chunk(request_id, body.model, created, obj, usage))
+        yield "data: [DONE]\n\n"
 
     return StreamingResponse(
         sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -256,19 +158,21 @@ async def _stream(
 
 
 def _chat_sse(
-    event: TaskChunk | TaskDone, request_id: str, model: str, created: int
+    event: TaskChunk | TaskDone, request_id: str, model: str, created: int, index: int
 ) -> list[dict[str, Any]]:
     if isinstance(event, TaskChunk):
-        return [schemas.chat_chunk(request_id, model, created, {"content": event.text})]
-    return [schemas.chat_chunk(request_id, model, created, {}, event.finish_reason)]
+        return [
+            schemas.chat_chunk(request_id, model, created, {"content": event.text}, None, index)
+        ]
+    return [schemas.chat_chunk(request_id, model, created, {}, event.finish_reason, index)]
 
 
 def _text_sse(
-    event: TaskChunk | TaskDone, request_id: str, model: str, created: int
+    event: TaskChunk | TaskDone, request_id: str, model: str, created: int, index: int
 ) -> list[dict[str, Any]]:
     if isinstance(event, TaskChunk):
-        return [schemas.text_chunk(request_id, model, created, event.text)]
-    return [schemas.text_chunk(request_id, model, created, "", event.finish_reason)]
+        return [schemas.text_chunk(request_id, model, created, event.text, None, index)]
+    return [schemas.text_chunk(request_id, model, created, "", event.finish_reason, index)]
 
 
 def _sse(payload: dict[str, Any]) -> str:

@@ -1,0 +1,28 @@
+"""Durable state: what must survive a router restart (files, batch jobs and
+their tasks, map-reduce jobs), behind one interface (``Store``) with an SQL
+implementation (``inferswarm.storage.sql``) — SQLite in WAL mode by default,
+PostgreSQL by URL. The SQL stack is imported only by those who open a store."""
+
+from inferswarm.storage.blobs import BlobDir
+from inferswarm.storage.records import (
+    BatchRecord,
+    BatchStatus,
+    BatchTask,
+    FileRecord,
+    JobRecord,
+    JobTask,
+    TaskState,
+)
+from inferswarm.storage.store import Store
+
+__all__ = [
+    "BatchRecord",
+    "BatchStatus",
+    "BatchTask",
+    "BlobDir",
+    "FileRecord",
+    "JobRecord",
+    "JobTask",
+    "Store",
+    "TaskState",
+]

@@ -1,0 +1,110 @@
+"""The rows the store keeps, as plain frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class BatchStatus(StrEnum):
+    """OpenAI's batch lifecycle."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_BATCH_STATUSES
+
+
+ACTIVE_BATCH_STATUSES = frozenset(
+    {
+        BatchStatus.VALIDATING,
+        BatchStatus.IN_PROGRESS,
+        BatchStatus.FINALIZING,
+        BatchStatus.CANCELLING,
+    }
+)
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    owner: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    owner: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    status: BatchStatus
+    created_at: int
+    expires_at: int
+    metadata: dict[str, str] | None = None
+    errors: list[dict[str, Any]] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    times: dict[str, int] = field(default_factory=dict)
+    """When the batch entered each status after ``validating`` (OpenAI's ``*_at`` fields)."""
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One line of a batch's input file."""
+
+    batch_id: str
+    line: int
+    custom_id: str | None
+    body: str
+    """The request body as JSON (validated), or the raw line when invalid."""
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0
+    result: str | None = None
+    """The line for the output file (done) or the error file (failed)."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A map-reduce job (or another multi-stage job)."""
+
+    id: str
+    owner: str
+    type: str
+    status: str
+    created_at: int
+    params: dict[str, Any]
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    finished_at: int | None = None
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """One task of a job, keyed by its place in the job (``map:3``, ``reduce:1:0``)."""
+
+    job_id: str
+    key: str
+    input: str
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0
+    output: str | None = None

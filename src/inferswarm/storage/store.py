@@ -1,0 +1,82 @@
+"""The storage interface the router codes against."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+from inferswarm.storage.records import (
+    BatchRecord,
+    BatchStatus,
+    BatchTask,
+    FileRecord,
+    JobRecord,
+    JobTask,
+    TaskState,
+)
+
+
+class Store(Protocol):
+    """Durable router state. Every write is committed before it returns, so
+    whatever the API acknowledged survives a crash of the router."""
+
+    async def close(self) -> None: ...
+
+    # files
+    async def add_file(self, record: FileRecord) -> None: ...
+    async def get_file(self, file_id: str) -> FileRecord | None: ...
+    async def list_files(self, owner: str, purpose: str | None) -> list[FileRecord]: ...
+    async def delete_file(self, file_id: str) -> None: ...
+
+    # batches
+    async def add_batch(self, batch: BatchRecord, tasks: Sequence[BatchTask]) -> None:
+        """The batch and all its tasks, in one transaction."""
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+    async def list_batches(
+        self, owner: str, limit: int, after: str | None
+    ) -> list[BatchRecord]: ...
+    async def active_batches(self) -> list[BatchRecord]: ...
+    async def set_batch_status(
+        self, batch_id: str, status: BatchStatus, at: int, **fields: Any
+    ) -> None: ...
+    async def finalize_batch(
+        self,
+        batch_id: str,
+        status: BatchStatus,
+        at: int,
+        result_files: Sequence[FileRecord],
+        output_file_id: str | None,
+        error_file_id: str | None,
+    ) -> None:
+        """Record the result files and the final status in one transaction."""
+
+    async def batch_counts(self, batch_id: str) -> dict[TaskState, int]: ...
+    async def pending_batch_tasks(self, batch_id: str) -> list[BatchTask]: ...
+    async def finish_batch_task(
+        self, batch_id: str, line: int, state: TaskState, result: str, attempts: int
+    ) -> None: ...
+    def batch_results(self, batch_id: str, state: TaskState) -> AsyncIterator[str]:
+        """The result lines of tasks in ``state``, in input order."""
+        ...
+
+    # jobs
+    async def add_job(self, job: JobRecord) -> None: ...
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+    async def active_jobs(self) -> list[JobRecord]: ...
+    async def set_job_status(self, job_id: str, status: str) -> None: ...
+    async def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        at: int,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+    ) -> None: ...
+    async def add_job_tasks(self, tasks: Sequence[JobTask]) -> None:
+        """Tasks already present (same job and key) are kept as they are."""
+
+    async def job_tasks(self, job_id: str) -> list[JobTask]: ...
+    async def finish_job_task(
+        self, job_id: str, key: str, state: TaskState, output: str, attempts: int
+    ) -> None: ...
