@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from rich.console import Console
 from rich.table import Table
@@ -53,7 +54,7 @@ from netutil import free_port
 from report import write_results
 
 RESULTS = Path(__file__).parent / "results"
-console = Console()
+console = Console(width=120)
 
 Source = Callable[[str, int], AsyncIterator[int]]
 """Streams one completion: yields the number of tokens in each piece as it
@@ -98,8 +99,9 @@ def engine_source(engine: Engine, model: ModelName) -> Source:
     return stream
 
 
-def server_source(client: httpx.AsyncClient, model: str) -> Source:
-    """llama_cpp.server streams one SSE event per token."""
+def server_source(session: aiohttp.ClientSession, url: str, model: str) -> Source:
+    """llama_cpp.server streams one SSE event per token. aiohttp: the lightest
+    streaming client here (see bench/loadgen_client.py), as it shares the cores."""
 
     async def stream(prompt: str, max_tokens: int) -> AsyncIterator[int]:
         body = {
@@ -110,9 +112,10 @@ def server_source(client: httpx.AsyncClient, model: str) -> Source:
             "stream": True,
         }
         finished = False
-        async with client.stream("POST", "/v1/completions", json=body) as response:
+        async with session.post(url + "/v1/completions", json=body) as response:
             response.raise_for_status()
-            async for line in response.aiter_lines():
+            async for raw in response.content:
+                line = raw.decode().strip()
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 choice = json.loads(line[6:])["choices"][0]
@@ -343,11 +346,12 @@ async def main(args: argparse.Namespace) -> None:
     proc, url = start_server(path, args.threads, args.ctx, args.server_interrupt, server_log)
     cells: list[Cell] = []
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             sources: dict[str, Source] = {
                 "batched": engine_source(batched, model),
                 "sequential": engine_source(sequential, model),
-                "llama_cpp.server": server_source(client, model),
+                "llama_cpp.server": server_source(session, url, model),
             }
             for source in sources.values():  # warm-up: first decodes allocate buffers
                 await measure(source, prompt_for(-1), 2)
