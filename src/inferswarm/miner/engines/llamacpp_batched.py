@@ -225,6 +225,10 @@ class BatchedLlamaEngine:
         prompt = tokenize_task(
             self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
         )
+        if not prompt:  # a model without BOS and an empty prompt: nothing to decode from
+            raise TaskRejected(
+                "invalid_request", "the prompt is empty; send some text", retryable=False
+            )
         resumed = (
             len(self._model.tokenize(task.resume.text.encode(), add_bos=False, special=False))
             if task.resume
