@@ -408,7 +408,7 @@ async def main(args: argparse.Namespace) -> None:
         "server_interrupt_requests": args.server_interrupt,
     }
     write_results(
-        RESULTS / "engine.json",
+        args.out,
         "engine",
         settings,
         [asdict(c) for c in cells],
@@ -416,12 +416,13 @@ async def main(args: argparse.Namespace) -> None:
         concurrency_1_overhead=overhead,
         prefix_reuse=prefix,
     )
-    console.print(f"wrote {RESULTS / 'engine.json'}")
+    console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="1,2,4,8,16")
+    parser.add_argument("--out", type=Path, default=RESULTS / "engine.json")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     parser.add_argument("--threads", type=int, default=2)
