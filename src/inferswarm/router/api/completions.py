@@ -28,7 +28,7 @@ from inferswarm.router.completion import (
     plan_completion,
     plan_usage,
 )
-from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
 
@@ -44,8 +44,9 @@ async def chat_completions(request: Request) -> Response:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
         return await _stream(plan, request, body, request_id, _chat_sse)
-    results = await collect_all(plan, lambda job: measured(request, job))
-    return JSONResponse(chat_response(request_id, body, plan, results))
+    traces = [Trace() for _ in plan.jobs]
+    results = await collect_all(plan, _traced(request, plan, traces))
+    return JSONResponse(chat_response(request_id, body, plan, results), headers=served_by(traces))
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
@@ -55,8 +56,11 @@ async def completions(request: Request) -> Response:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     if body.stream:
         return await _stream(plan, request, body, request_id, _text_sse)
-    results = await collect_all(plan, lambda job: measured(request, job))
-    return JSONResponse(completion_response(request_id, body, plan, results))
+    traces = [Trace() for _ in plan.jobs]
+    results = await collect_all(plan, _traced(request, plan, traces))
+    return JSONResponse(
+        completion_response(request_id, body, plan, results), headers=served_by(traces)
+    )
 
 
 def caller_of(request: Request) -> Caller:
@@ -67,32 +71,34 @@ def caller_of(request: Request) -> Caller:
     )
 
 
-async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+def measured(
+    request: Request, job: Job, trace: Trace | None = None
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
     """The dispatcher's events, with the task's latency, tokens and outcome recorded."""
     metrics: RouterMetrics = request.app.state.metrics
-    model = job.model
-    started = time.perf_counter()
-    outcome = "cancelled"
-    first_token = True
-    metrics.in_flight.inc()
-    try:
-        async with aclosing(_dispatcher(request).run(job)) as events:
-            async for event in events:
-                if isinstance(event, TaskChunk) and first_token:
-                    first_token = False
-                    metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                elif isinstance(event, TaskDone):
-                    outcome = "ok"
-                    metrics.e2e.labels(model).observe(time.perf_counter() - started)
-                    metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
-                    metrics.generation_tokens.labels(model).inc(event.completion_tokens)
-                yield event
-    except APIError as exc:
-        outcome = exc.code or exc.error_type
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.requests.labels(model, outcome).inc()
+    return metrics.measured(_dispatcher(request), job, trace)
+
+
+def _traced(
+    request: Request, plan: Plan, traces: list[Trace]
+) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
+    """``measured`` with each of the plan's jobs writing to its own trace."""
+    by_job = {id(job): trace for job, trace in zip(plan.jobs, traces, strict=True)}
+    return lambda job: measured(request, job, by_job.get(id(job)))
+
+
+def served_by(traces: list[Trace]) -> dict[str, str]:
+    """Response headers naming the miners that served the request (for a stream
+    that moved, the last one), for clients and the dashboard playground."""
+    served = [t for t in traces if t.miner_id is not None]
+    if not served:
+        return {}
+    ids = list(dict.fromkeys(str(t.miner_id) for t in served))
+    names = list(dict.fromkeys(t.miner_name or str(t.miner_id) for t in served))
+    name = ", ".join(names)
+    if not (name.isascii() and name.isprintable()):
+        name = ", ".join(ids)
+    return {"x-inferswarm-miner-id": ", ".join(ids), "x-inferswarm-miner": name}
 
 
 def _dispatcher(request: Request) -> Dispatcher:
@@ -110,7 +116,10 @@ async def _stream(
     request_id: str,
     render: SseRenderer,
 ) -> Response:
-    events = merge_streams([measured(request, job) for job in plan.jobs])
+    traces = [Trace() for _ in plan.jobs]
+    events = merge_streams(
+        [measured(request, job, trace) for job, trace in zip(plan.jobs, traces, strict=True)]
+    )
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
@@ -153,7 +162,9 @@ async def _stream(
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(
-        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        sse(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", **served_by(traces)},
     )
 
 
