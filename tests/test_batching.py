@@ -111,3 +111,21 @@ def test_prefix_block_hashes_are_equal_exactly_for_equal_prefixes() -> None:
     table = SequenceTable(2)
     finished(table, list(range(10)))
     assert table.prefix_blocks(block=4) == frozenset(a)
+
+
+def test_sequences_remember_the_routers_blocks_of_the_prompt_they_hold() -> None:
+    table = SequenceTable(2)
+    first = table.place([1, 2, 3])
+    assert first is not None
+    table.start(first, text_blocks=(11, 12))
+    second = table.place([4, 5])
+    assert second is not None
+    table.start(second, text_blocks=(21,))
+    assert table.held_text_blocks() == {11, 12, 21}
+    table.release(first.seq_id, keep_cache=True)  # idle, cache kept: still held
+    table.release(second.seq_id, keep_cache=False)  # cancelled: cells freed
+    assert table.held_text_blocks() == {11, 12}
+    again = table.place([1, 2, 3, 6])  # reuses the first sequence, now for a new prompt
+    assert again is not None and again.seq_id == first.seq_id
+    table.start(again, text_blocks=(11, 13))
+    assert table.held_text_blocks() == {11, 13}

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -326,3 +327,37 @@ def test_concurrent_streams_on_batching_miners_match_solo_answers(
     expected = [solo(p) for p in prompts]
     with ThreadPoolExecutor(len(prompts)) as pool:
         assert list(pool.map(streamed, prompts)) == expected
+
+
+def test_miners_report_their_real_cache_and_cache_aware_routing_follows_it(
+    llama_net: Network,
+) -> None:
+    system = "You are a careful assistant for questions about rivers and lakes. " * 12
+    url = llama_net.base_url + "/v1/chat/completions"
+
+    def ask(question: str) -> str:
+        body = {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 2,
+            "temperature": 0,
+            "inferswarm": {"policy": "cache_aware"},
+        }
+        response = httpx.post(url, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.headers["x-inferswarm-miner-id"]
+
+    first = ask("Which river is longest?")
+
+    def reported() -> int:
+        miners = {m["id"]: m for m in llama_net.miners()}
+        return int(miners[first]["cached_prefix_blocks"] or 0)
+
+    deadline = time.monotonic() + 10
+    while reported() < 2:  # the system prompt alone is over 2 blocks of 256 characters
+        assert time.monotonic() < deadline, "the miner never reported the prompt it holds"
+        time.sleep(0.2)
+    assert ask("Which lake is deepest?") == first

@@ -55,6 +55,8 @@ class _Slot:
     cached: list[int] = field(default_factory=list)
     busy: bool = False
     last_used: int = 0
+    text_blocks: tuple[int, ...] = ()
+    """The router's prefix blocks (``protocol.prefix``) of the prompt held."""
 
 
 class SequenceTable:
@@ -102,11 +104,14 @@ class SequenceTable:
             return Placement(seq_id, own(donor), copy_from=donor)
         return Placement(seq_id, reuse)
 
-    def start(self, placement: Placement) -> None:
-        """Record what the sequence holds once the placement has been applied."""
+    def start(self, placement: Placement, text_blocks: tuple[int, ...] = ()) -> None:
+        """Record what the sequence holds once the placement has been applied:
+        the reused tokens now, and the whole new prompt (``text_blocks`` in the
+        router's terms) once its rest is computed."""
         slot = self._slots[placement.seq_id]
         source = slot if placement.copy_from is None else self._slots[placement.copy_from]
         slot.cached = source.cached[: placement.reuse]
+        slot.text_blocks = text_blocks
 
     def extend(self, seq_id: int, tokens: Iterable[int]) -> None:
         """Tokens the last decode step wrote into the sequence's cells."""
@@ -117,6 +122,11 @@ class SequenceTable:
         slot.busy = False
         if not keep_cache:
             slot.cached = []
+            slot.text_blocks = ()
+
+    def held_text_blocks(self) -> frozenset[int]:
+        """The router's prefix blocks of every prompt some sequence holds."""
+        return frozenset(h for s in self._slots for h in s.text_blocks)
 
     def prefix_blocks(self, block: int = PREFIX_BLOCK_TOKENS) -> frozenset[int]:
         """Hashes of every whole token block held in some sequence's cache."""

@@ -56,6 +56,7 @@ from inferswarm.protocol import (
     TaskDone,
     TaskId,
 )
+from inferswarm.protocol.prefix import prefix_blocks, prompt_text
 
 PROMPT_CHUNK = 128
 """Prompt tokens one decode step takes on top of the generating sequences: a
@@ -94,6 +95,7 @@ class _Job:
     sampling: SamplingParams
     limit: int
     emit: Callable[[_Event], None]
+    text_blocks: tuple[int, ...] = ()
     cancelled: bool = False
     stream: Stream | None = None
     sampler: Any = None
@@ -193,6 +195,12 @@ class BatchedLlamaEngine:
     def claimed_tokens_per_s(self) -> float | None:
         return self.capability.generation_tokens_per_s if self.capability else None
 
+    def cached_prefix_blocks(self) -> frozenset[int]:
+        """The router's prefix blocks of the prompts whose KV this engine holds
+        now, for heartbeats: cache-aware routing then works from the real cache."""
+        with self._wakeup:
+            return self._table.held_text_blocks()
+
     def held_prefix_blocks(self) -> frozenset[int]:
         """Hashes of the 64-token prompt blocks whose KV this engine holds."""
         with self._wakeup:
@@ -247,6 +255,7 @@ class BatchedLlamaEngine:
             sampling=task.sampling,
             limit=task.sampling.max_tokens or (self.config.context_length - len(prompt)),
             emit=emit,
+            text_blocks=prefix_blocks(prompt_text(task.prompt, task.messages)),
         )
         with self._wakeup:
             if self._closing:
@@ -317,12 +326,12 @@ class BatchedLlamaEngine:
             if placement is None:
                 return
             job = self._waiting.popleft()
-            self._apply(placement)
+            self._apply(placement, job.text_blocks)
             job.stream = Stream(placement.seq_id, job.prompt[placement.reuse :], placement.reuse)
             job.sampler = self._sampler_for(job.sampling)
             self._running.append(job)
 
-    def _apply(self, placement: Placement) -> None:
+    def _apply(self, placement: Placement, text_blocks: tuple[int, ...]) -> None:
         import llama_cpp
 
         memory = self._ctx.memory
@@ -333,7 +342,7 @@ class BatchedLlamaEngine:
             llama_cpp.llama_memory_seq_rm(memory, placement.seq_id, -1, -1)
             llama_cpp.llama_memory_seq_cp(memory, placement.copy_from, placement.seq_id, -1, -1)
             llama_cpp.llama_memory_seq_rm(memory, placement.seq_id, placement.reuse, -1)
-        self._table.start(placement)
+        self._table.start(placement, text_blocks)
 
     def _free(self, job: _Job, *, keep_cache: bool) -> None:
         import llama_cpp
