@@ -160,6 +160,22 @@ def miner(
             help="Also serve the engine directly on this port (for benchmarks and health checks)."
         ),
     ] = None,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Join token from the router's operator (`inferswarm tokens create`).",
+            envvar="INFERSWARM_JOIN_TOKEN",
+            show_default=False,
+        ),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate that signed the router's TLS certificate "
+            "(for https:// routers with a private CA; default: the system's CAs).",
+            envvar="INFERSWARM_CA_CERT",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
@@ -195,6 +211,8 @@ def miner(
                 http_port,
                 cache,
                 rebenchmark,
+                join_token,
+                ca_cert,
             )
         )
     except MinerRefused as exc:
@@ -214,13 +232,21 @@ async def _serve(
     http_port: int | None,
     cache: CapabilityCache,
     rebenchmark: bool,
+    join_token: str | None,
+    ca_cert: Path | None,
 ) -> None:
     engine = await _build_engine(kind, options)
     engine.capability = await establish_capability(engine, cache, rebenchmark)
     if engine.capability is not None:
         log.info("capability: %s", engine.capability)
     agent = MinerAgent(
-        AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name),
+        AgentSettings(
+            router_url=router,
+            miner_id=load_or_create_miner_id(data_dir),
+            name=name,
+            join_token=join_token,
+            ca_cert=ca_cert,
+        ),
         engine,
         probe_hardware(),
     )

@@ -14,9 +14,10 @@ from fastapi import Depends, FastAPI, Request, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
+from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import batches, completions, files, jobs, miners, models
-from inferswarm.router.api.auth import require_api_key
+from inferswarm.router.api import admin, batches, completions, files, jobs, miners, models
+from inferswarm.router.api.auth import require_admin, require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
@@ -27,6 +28,7 @@ from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
+from inferswarm.router.usage_limits import UsageLimiter
 from inferswarm.storage import BlobDir, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = deps.store or await open_store(settings.database_url())
         app.state.store = store
+        app.state.access = AccessControl(store, load_or_create_secret(settings.data_dir))
+        app.state.limiter = UsageLimiter(store, settings.max_streams_per_key)
+        await _announce_access(store, settings)
         app.state.blobs = BlobDir(settings.data_dir / "files")
         runner = BatchRunner(
             store,
@@ -108,6 +113,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         jobs.router,
     ):
         app.include_router(api, dependencies=authed)
+    app.include_router(admin.router, dependencies=[Depends(require_admin)])
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -128,9 +134,25 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
     @app.websocket("/miner/ws")
     async def miner_ws(websocket: WebSocket) -> None:
-        await serve_miner(websocket, registry, settings)
+        await serve_miner(websocket, registry, settings, app.state.access)
 
     return app
+
+
+async def _announce_access(store: Store, settings: RouterSettings) -> None:
+    if not settings.auth_enabled:
+        log.warning(
+            "auth is OFF (--no-auth): anyone who can reach this router may use it and its "
+            "admin API. Use this only for local experiments."
+        )
+    elif not (settings.api_keys or settings.admin_keys or await store.list_api_keys()):
+        log.warning(
+            "auth is on and no API key exists yet: create one with "
+            "`inferswarm keys create --name NAME --data-dir %s`",
+            settings.data_dir,
+        )
+    if settings.open_join:
+        log.warning("--open-join: any miner may join without a join token (local/test use only)")
 
 
 async def _expire_silent_miners(

@@ -4,18 +4,24 @@ implementation — SQLite in WAL mode by default, PostgreSQL by URL."""
 
 from inferswarm.storage.blobs import BlobDir
 from inferswarm.storage.records import (
+    ApiKeyRecord,
+    AuditEntry,
     BatchRecord,
     BatchStatus,
     BatchTask,
     FileRecord,
     JobRecord,
     JobTask,
+    JoinTokenRecord,
+    MinerBanRecord,
     TaskState,
 )
 from inferswarm.storage.sql import SqlStore, open_store
 from inferswarm.storage.store import Store
 
 __all__ = [
+    "ApiKeyRecord",
+    "AuditEntry",
     "BatchRecord",
     "BatchStatus",
     "BatchTask",
@@ -23,6 +29,8 @@ __all__ = [
     "FileRecord",
     "JobRecord",
     "JobTask",
+    "JoinTokenRecord",
+    "MinerBanRecord",
     "SqlStore",
     "Store",
     "TaskState",

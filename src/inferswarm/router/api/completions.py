@@ -18,6 +18,7 @@ from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import APIError
 from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.api.body import parse_body, request_body_schema
+from inferswarm.router.api.limits import admit, check_scope, settle
 from inferswarm.router.completion import (
     Caller,
     Plan,
@@ -31,6 +32,7 @@ from inferswarm.router.completion import (
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
+from inferswarm.router.usage_limits import Reservation
 
 router = APIRouter()
 
@@ -40,22 +42,32 @@ router = APIRouter()
 )
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
+    check_scope(request, body.model)
     plan = plan_chat(body, caller_of(request), request.app.state.registry)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    reservation = await admit(request, plan, body.stream)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _chat_sse)
-    results = await collect_all(plan, lambda job: measured(request, job))
+        return await _stream(plan, request, body, request_id, _chat_sse, reservation)
+    try:
+        results = await collect_all(plan, lambda job: measured(request, job, reservation))
+    finally:
+        await settle(request, reservation)
     return JSONResponse(chat_response(request_id, body, plan, results))
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await parse_body(request, schemas.CompletionRequest)
+    check_scope(request, body.model)
     plan = plan_completion(body, caller_of(request), request.app.state.registry)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    reservation = await admit(request, plan, body.stream)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _text_sse)
-    results = await collect_all(plan, lambda job: measured(request, job))
+        return await _stream(plan, request, body, request_id, _text_sse, reservation)
+    try:
+        results = await collect_all(plan, lambda job: measured(request, job, reservation))
+    finally:
+        await settle(request, reservation)
     return JSONResponse(completion_response(request_id, body, plan, results))
 
 
@@ -67,17 +79,23 @@ def caller_of(request: Request) -> Caller:
     )
 
 
-async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-    """The dispatcher's events, with the task's latency, tokens and outcome recorded."""
+async def measured(
+    request: Request, job: Job, reservation: Reservation | None = None
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """The dispatcher's events, with the task's latency, tokens and outcome recorded
+    (and its tokens counted against the key's reservation)."""
     metrics: RouterMetrics = request.app.state.metrics
     model = job.model
     started = time.perf_counter()
     outcome = "cancelled"
     first_token = True
+    chunk_tokens = 0
     metrics.in_flight.inc()
     try:
         async with aclosing(_dispatcher(request).run(job)) as events:
             async for event in events:
+                if reservation is not None:
+                    chunk_tokens += _count(reservation, event, chunk_tokens)
                 if isinstance(event, TaskChunk) and first_token:
                     first_token = False
                     metrics.ttft.labels(model).observe(time.perf_counter() - started)
@@ -95,6 +113,16 @@ async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | Tas
         metrics.requests.labels(model, outcome).inc()
 
 
+def _count(reservation: Reservation, event: TaskChunk | TaskDone, chunk_tokens: int) -> int:
+    """Count a task's tokens as they come (so a cut stream still counts); the
+    ``TaskDone`` corrects the total. Returns the chunk tokens to add."""
+    if isinstance(event, TaskChunk):
+        reservation.add_tokens(event.tokens)
+        return event.tokens
+    reservation.add_tokens(event.prompt_tokens + event.completion_tokens - chunk_tokens)
+    return 0
+
+
 def _dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
@@ -109,20 +137,30 @@ async def _stream(
     body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
     request_id: str,
     render: SseRenderer,
+    reservation: Reservation | None,
 ) -> Response:
-    events = merge_streams([measured(request, job) for job in plan.jobs])
+    events = merge_streams([measured(request, job, reservation) for job in plan.jobs])
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
         first = await anext(events)
     except BaseException:
         await events.aclose()
+        await settle(request, reservation)
         raise
     created = int(time.time())
     is_chat = isinstance(body, schemas.ChatCompletionRequest)
     obj = "chat.completion.chunk" if is_chat else "text_completion"
 
     async def sse() -> AsyncIterator[str]:
+        try:
+            async with aclosing(_sse_lines()) as lines:
+                async for line in lines:
+                    yield line
+        finally:
+            await settle(request, reservation)
+
+    async def _sse_lines() -> AsyncGenerator[str, None]:
         done: dict[int, TaskDone] = {}
         async with aclosing(events):
             if is_chat:
