@@ -162,9 +162,10 @@ class LocalAdmin:
 @asynccontextmanager
 async def _local(data_dir: Path | None, store_url: str | None) -> Any:
     settings = RouterSettings(data_dir=data_dir or default_data_dir(), store_url=store_url)
+    secret = load_or_create_secret(settings.data_dir)  # creates the data dir too
     store = await open_store(settings.database_url())
     try:
-        yield LocalAdmin(AccessControl(store, load_or_create_secret(settings.data_dir)))
+        yield LocalAdmin(AccessControl(store, secret))
     finally:
         await store.close()
 
