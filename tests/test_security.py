@@ -120,9 +120,9 @@ def test_missing_unknown_and_out_of_scope_keys(secured: tuple[Network, dict[str,
     missing = post(net, None, max_tokens=1)
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "missing_api_key"
-    with openai.OpenAI(base_url=net.base_url + "/v1", api_key="isk-nope", max_retries=0) as api:
-        with pytest.raises(openai.AuthenticationError) as unknown:
-            api.models.list()
+    nobody = openai.OpenAI(base_url=net.base_url + "/v1", api_key="isk-nope", max_retries=0)
+    with nobody, pytest.raises(openai.AuthenticationError) as unknown:
+        nobody.models.list()
     assert "unknown or revoked" in str(unknown.value)
     with openai.OpenAI(
         base_url=net.base_url + "/v1", api_key=secrets["scoped"], max_retries=0

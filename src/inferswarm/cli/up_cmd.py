@@ -103,10 +103,10 @@ def up(
 
 async def _join_token(router_dir: Path) -> str:
     """A join token for this network's miners, issued in the router's store."""
-    router_dir.mkdir(parents=True, exist_ok=True)
+    secret = load_or_create_secret(router_dir)  # creates the directory too
     store = await open_store(RouterSettings(data_dir=router_dir).database_url())
     try:
-        access = AccessControl(store, load_or_create_secret(router_dir))
+        access = AccessControl(store, secret)
         token, _ = await access.create_token("inferswarm up", None, "inferswarm up")
     finally:
         await store.close()
