@@ -207,6 +207,30 @@ def test_size_limits_and_streams_per_key(secured: tuple[Network, dict[str, str]]
     assert post(net, secrets["plain"], max_tokens=1, stream=True).status_code == 200
 
 
+def test_batches_keep_to_the_key_scope_and_limits(
+    secured: tuple[Network, dict[str, str]],
+) -> None:
+    net, secrets = secured
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    }
+    for name, code in (("scoped", "model_not_allowed"), ("quota", "token_limited_key")):
+        with openai.OpenAI(
+            base_url=net.base_url + "/v1", api_key=secrets[name], max_retries=0
+        ) as api:
+            upload = api.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                api.batches.create(
+                    input_file_id=upload.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                )
+        assert refused.value.code == code
+
+
 def test_admin_api_needs_an_admin_key_and_is_audited(
     secured: tuple[Network, dict[str, str]],
 ) -> None:

@@ -4,7 +4,9 @@ request ends)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable
 
 from fastapi import Request
 
@@ -79,3 +81,37 @@ async def settle(request: Request, reservation: Reservation | None) -> None:
     if reservation is not None:
         limiter: UsageLimiter = request.app.state.limiter
         await limiter.settle(reservation)
+
+
+async def admit_job(request: Request, models: Iterable[str]) -> None:
+    """A batch or map-reduce job: the key's scope holds for every model it uses,
+    its creation counts against the key's requests per minute, and keys with
+    token limits are refused (a job's tokens are not known up front and are not
+    metered yet)."""
+    for model in set(models):
+        check_scope(request, model)
+    key: ApiKeyRecord | None = request.state.key
+    if key is None:
+        return
+    if key.tpm is not None or key.quota_tokens is not None:
+        raise PermissionDenied(
+            "This API key has token limits (tpm or quota), and batches and map-reduce jobs "
+            "are not metered by tokens yet. Send the requests one by one, or use a key "
+            "without --tpm/--quota-tokens.",
+            code="token_limited_key",
+        )
+    limiter: UsageLimiter = request.app.state.limiter
+    await limiter.settle(await limiter.admit(key, 0, stream=False))
+
+
+def batch_line_models(bodies: Iterable[str]) -> list[str]:
+    """The models the valid lines of a batch ask for."""
+    models = []
+    for body in bodies:
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(model, str):
+            models.append(model)
+    return models
