@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from inferswarm.router.app import create_app
 from inferswarm.router.settings import RouterSettings
 
-app = create_app(RouterSettings())
+app = create_app(RouterSettings(auth=False, open_join=True))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -20,7 +20,7 @@ from inferswarm.router.access import (
     describe_token,
 )
 from inferswarm.router.api.auth import actor_of
-from inferswarm.router.api.body import parse_body
+from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.registry import MinerRegistry
 
 router = APIRouter(prefix="/v1/admin")
@@ -48,6 +48,11 @@ class NewBan(_Body):
     reason: str = Field(default="banned by the operator", max_length=500)
 
 
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    schema["requestBody"]["required"] = False
+    return schema
+
+
 def _access(request: Request) -> AccessControl:
     access: AccessControl = request.app.state.access
     return access
@@ -59,7 +64,7 @@ async def list_keys(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [describe_key(k) for k in keys]}
 
 
-@router.post("/keys")
+@router.post("/keys", openapi_extra=request_body_schema(NewKey))
 async def create_key(request: Request) -> dict[str, Any]:
     body = await parse_body(request, NewKey)
     spec = KeySpec(body.name, tuple(body.models), body.rpm, body.tpm, body.quota_tokens, body.admin)
@@ -79,7 +84,7 @@ async def list_tokens(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [describe_token(t) for t in tokens]}
 
 
-@router.post("/tokens")
+@router.post("/tokens", openapi_extra=request_body_schema(NewToken))
 async def create_token(request: Request) -> dict[str, Any]:
     body = await parse_body(request, NewToken)
     token, record = await _access(request).create_token(body.name, body.ttl_s, actor_of(request))
@@ -98,7 +103,7 @@ async def list_bans(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [describe_ban(b) for b in bans]}
 
 
-@router.put("/bans/{miner_id}")
+@router.put("/bans/{miner_id}", openapi_extra=_optional(request_body_schema(NewBan)))
 async def ban_miner(request: Request, miner_id: str) -> dict[str, Any]:
     body = await parse_body(request, NewBan) if (await request.body()).strip() else NewBan()
     ban = await _access(request).ban_miner(miner_id, body.reason, actor_of(request))
