@@ -353,10 +353,11 @@ def test_a_miner_sees_only_the_task(tmp_path: Path) -> None:
 
 
 def test_tls_on_the_client_api_and_the_miner_gateway(tmp_path: Path) -> None:
+    """Also: --log-prompts is the one way prompts reach the log."""
     ca, cert, key = make_certificates(tmp_path)
     with network(tmp_path) as net:
         net.tls_ca = ca
-        net.start_router("--tls-cert", str(cert), "--tls-key", str(key))
+        net.start_router("--tls-cert", str(cert), "--tls-key", str(key), "--log-prompts")
         assert net.base_url.startswith("https://")
         net.start_miner("tls-miner", "--ca-cert", str(ca))
         net.wait_miners(1)
@@ -367,9 +368,10 @@ def test_tls_on_the_client_api_and_the_miner_gateway(tmp_path: Path) -> None:
             ) as api,
         ):
             reply = api.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                model=MODEL, messages=[{"role": "user", "content": "log me 31337"}], max_tokens=2
             )
         assert reply.choices[0].message.content == " w0 w1"
+        assert net.router is not None and "log me 31337" in net.router.output()  # --log-prompts
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             httpx.get(net.base_url + "/healthz")  # not trusted without the CA
         untrusting = net.start_miner("no-ca")
