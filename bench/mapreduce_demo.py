@@ -68,7 +68,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir, network(Path(workdir)) as net:
         source = Path(workdir) / "python-topics.txt"
         source.write_text(text)
-        net.start_router("--log-level", "warning")
+        # Long prompts on a small CPU: give first tokens time rather than fail over.
+        net.start_router("--log-level", "warning", "--first-token-timeout", "900")
         for index in range(args.miners):
             net.start_miner(
                 f"llama-{index + 1}",

@@ -14,7 +14,7 @@ from inferswarm.router.access import (
     digest,
     load_or_create_secret,
 )
-from inferswarm.storage import open_store
+from inferswarm.storage.sql import open_store
 
 
 class Clock:

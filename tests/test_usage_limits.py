@@ -10,7 +10,8 @@ import pytest
 
 from inferswarm.openai_compat.errors import RateLimited
 from inferswarm.router.usage_limits import UsageLimiter, Used, decide
-from inferswarm.storage import ApiKeyRecord, open_store
+from inferswarm.storage import ApiKeyRecord
+from inferswarm.storage.sql import open_store
 
 
 def key(**limits: int) -> ApiKeyRecord:

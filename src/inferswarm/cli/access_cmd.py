@@ -32,7 +32,6 @@ from inferswarm.router.access import (
     load_or_create_secret,
 )
 from inferswarm.router.settings import RouterSettings, default_data_dir
-from inferswarm.storage import open_store
 
 console = Console()
 
@@ -162,6 +161,8 @@ class LocalAdmin:
 @asynccontextmanager
 async def _local(data_dir: Path | None, store_url: str | None) -> Any:
     settings = RouterSettings(data_dir=data_dir or default_data_dir(), store_url=store_url)
+    from inferswarm.storage.sql import open_store  # the database stack, only here
+
     secret = load_or_create_secret(settings.data_dir)  # creates the data dir too
     store = await open_store(settings.database_url())
     try:

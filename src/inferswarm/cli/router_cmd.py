@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
-import uvicorn
-from fastapi import FastAPI
 
 from inferswarm.cli.common import setup_logging
-from inferswarm.router.app import create_app, drain
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
@@ -220,45 +215,11 @@ def router(
             hedge_delay_s=hedge_delay,
         ),
     )
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        access_log=False,
-        ws_ping_interval=10,
-        ws_ping_timeout=20,
-        ws_max_size=settings.ws_max_bytes,
-        ssl_certfile=tls_cert,
-        ssl_keyfile=tls_key,
-    )
-    DrainingServer(config, app, drain_timeout).run()
+    from inferswarm.cli.serve import serve  # the web and database stack, only when serving
+
+    serve(settings, log_level, drain_timeout, tls_cert, tls_key)
 
 
 def _split_keys(values: list[str] | None) -> frozenset[str]:
     """Keys from repeated flags or a comma-separated environment variable."""
     return frozenset(k.strip() for value in values or [] for k in value.split(",") if k.strip())
-
-
-class DrainingServer(uvicorn.Server):
-    """On SIGTERM or Ctrl-C: refuse new requests, let those in flight finish
-    (bounded), then stop. A second signal stops at once."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout: float) -> None:
-        super().__init__(config)
-        self._app = app
-        self._drain_timeout = drain_timeout
-        self._draining: asyncio.Task[None] | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining is not None or self.should_exit:
-            super().handle_exit(sig, frame)
-            return
-
-        async def drain_then_exit() -> None:
-            await drain(self._app, self._drain_timeout)
-            super(DrainingServer, self).handle_exit(sig, frame)
-
-        loop = asyncio.get_event_loop()
-        self._draining = loop.create_task(drain_then_exit())

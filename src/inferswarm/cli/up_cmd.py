@@ -20,7 +20,6 @@ from rich.panel import Panel
 from inferswarm.cli.miner_cmd import EngineKind
 from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.settings import RouterSettings
-from inferswarm.storage import open_store
 
 console = Console()
 
@@ -103,6 +102,8 @@ def up(
 
 async def _join_token(router_dir: Path) -> str:
     """A join token for this network's miners, issued in the router's store."""
+    from inferswarm.storage.sql import open_store  # the database stack, only here
+
     secret = load_or_create_secret(router_dir)  # creates the directory too
     store = await open_store(RouterSettings(data_dir=router_dir).database_url())
     try:

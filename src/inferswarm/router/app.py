@@ -29,7 +29,8 @@ from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
 from inferswarm.router.usage_limits import UsageLimiter
-from inferswarm.storage import BlobDir, Store, open_store
+from inferswarm.storage import BlobDir, Store
+from inferswarm.storage.sql import open_store
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Durable state: what must survive a router restart (files, batch jobs and
 their tasks, map-reduce jobs), behind one interface (``Store``) with an SQL
-implementation — SQLite in WAL mode by default, PostgreSQL by URL."""
+implementation (``inferswarm.storage.sql``) — SQLite in WAL mode by default,
+PostgreSQL by URL. The SQL stack is imported only by those who open a store."""
 
 from inferswarm.storage.blobs import BlobDir
 from inferswarm.storage.records import (
@@ -16,7 +17,6 @@ from inferswarm.storage.records import (
     MinerBanRecord,
     TaskState,
 )
-from inferswarm.storage.sql import SqlStore, open_store
 from inferswarm.storage.store import Store
 
 __all__ = [
@@ -31,8 +31,6 @@ __all__ = [
     "JobTask",
     "JoinTokenRecord",
     "MinerBanRecord",
-    "SqlStore",
     "Store",
     "TaskState",
-    "open_store",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from inferswarm.openai_compat import schemas
-from inferswarm.storage import BatchRecord, BatchTask, TaskState
+from inferswarm.storage.records import BatchRecord, BatchTask, TaskState
 
 ENDPOINTS: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": schemas.ChatCompletionRequest,
