@@ -372,6 +372,7 @@ def test_tls_on_the_client_api_and_the_miner_gateway(tmp_path: Path) -> None:
             )
         assert reply.choices[0].message.content == " w0 w1"
         assert net.router is not None and "log me 31337" in net.router.output()  # --log-prompts
+        assert "auth is OFF" in net.router.output() and "--open-join" in net.router.output()
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             httpx.get(net.base_url + "/healthz")  # not trusted without the CA
         untrusting = net.start_miner("no-ca")
