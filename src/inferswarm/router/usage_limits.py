@@ -14,9 +14,12 @@ import asyncio
 import math
 import time
 from collections import Counter
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from inferswarm.openai_compat.errors import RateLimited
+from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.access import WallClock
 from inferswarm.storage import ApiKeyRecord, Store
 
@@ -166,3 +169,19 @@ class UsageLimiter:
             await self._store.add_usage(key.id, "tokens", window, tokens)
         if tokens and key.quota_tokens is not None:
             await self._store.add_usage(key.id, "quota", 0, tokens)
+
+
+async def counted(
+    events: AsyncGenerator[TaskChunk | TaskDone, None], reservation: Reservation
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """A task's events, its tokens added to ``reservation`` as they come (so a
+    cut stream still counts); the ``TaskDone`` corrects the total."""
+    chunk_tokens = 0
+    async with aclosing(events) as stream:
+        async for event in stream:
+            if isinstance(event, TaskChunk):
+                chunk_tokens += event.tokens
+                reservation.add_tokens(event.tokens)
+            else:
+                reservation.add_tokens(event.prompt_tokens + event.completion_tokens - chunk_tokens)
+            yield event

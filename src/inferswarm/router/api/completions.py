@@ -32,7 +32,7 @@ from inferswarm.router.completion import (
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
-from inferswarm.router.usage_limits import Reservation
+from inferswarm.router.usage_limits import Reservation, counted
 
 router = APIRouter()
 
@@ -49,7 +49,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         return await _stream(plan, request, body, request_id, _chat_sse, reservation)
     try:
-        results = await collect_all(plan, lambda job: measured(request, job, reservation))
+        results = await collect_all(plan, metered(request, reservation))
     finally:
         await settle(request, reservation)
     return JSONResponse(chat_response(request_id, body, plan, results))
@@ -65,7 +65,7 @@ async def completions(request: Request) -> Response:
     if body.stream:
         return await _stream(plan, request, body, request_id, _text_sse, reservation)
     try:
-        results = await collect_all(plan, lambda job: measured(request, job, reservation))
+        results = await collect_all(plan, metered(request, reservation))
     finally:
         await settle(request, reservation)
     return JSONResponse(completion_response(request_id, body, plan, results))
@@ -79,23 +79,17 @@ def caller_of(request: Request) -> Caller:
     )
 
 
-async def measured(
-    request: Request, job: Job, reservation: Reservation | None = None
-) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-    """The dispatcher's events, with the task's latency, tokens and outcome recorded
-    (and its tokens counted against the key's reservation)."""
+async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """The dispatcher's events, with the task's latency, tokens and outcome recorded."""
     metrics: RouterMetrics = request.app.state.metrics
     model = job.model
     started = time.perf_counter()
     outcome = "cancelled"
     first_token = True
-    chunk_tokens = 0
     metrics.in_flight.inc()
     try:
         async with aclosing(_dispatcher(request).run(job)) as events:
             async for event in events:
-                if reservation is not None:
-                    chunk_tokens += _count(reservation, event, chunk_tokens)
                 if isinstance(event, TaskChunk) and first_token:
                     first_token = False
                     metrics.ttft.labels(model).observe(time.perf_counter() - started)
@@ -113,14 +107,13 @@ async def measured(
         metrics.requests.labels(model, outcome).inc()
 
 
-def _count(reservation: Reservation, event: TaskChunk | TaskDone, chunk_tokens: int) -> int:
-    """Count a task's tokens as they come (so a cut stream still counts); the
-    ``TaskDone`` corrects the total. Returns the chunk tokens to add."""
-    if isinstance(event, TaskChunk):
-        reservation.add_tokens(event.tokens)
-        return event.tokens
-    reservation.add_tokens(event.prompt_tokens + event.completion_tokens - chunk_tokens)
-    return 0
+def metered(
+    request: Request, reservation: Reservation | None
+) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
+    """``measured``, with each task's tokens counted against the key's reservation."""
+    if reservation is None:
+        return lambda job: measured(request, job)
+    return lambda job: counted(measured(request, job), reservation)
 
 
 def _dispatcher(request: Request) -> Dispatcher:
@@ -139,7 +132,8 @@ async def _stream(
     render: SseRenderer,
     reservation: Reservation | None,
 ) -> Response:
-    events = merge_streams([measured(request, job, reservation) for job in plan.jobs])
+    run = metered(request, reservation)
+    events = merge_streams([run(job) for job in plan.jobs])
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
