@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from inferswarm.router.access import (
+    MAX_LIMIT,
+    MAX_TTL_S,
     AccessControl,
     KeySpec,
     UnknownObject,
@@ -218,10 +220,15 @@ def keys_create(
         list[str] | None,
         typer.Option("--models", help="Models the key may use (repeatable; default: all)."),
     ] = None,
-    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    rpm: Annotated[
+        int | None, typer.Option(min=1, max=MAX_LIMIT, help="Requests per minute.")
+    ] = None,
+    tpm: Annotated[
+        int | None, typer.Option(min=1, max=MAX_LIMIT, help="Tokens per minute.")
+    ] = None,
     quota_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Tokens in all, over the key's lifetime.")
+        int | None,
+        typer.Option(min=1, max=MAX_LIMIT, help="Tokens in all, over the key's lifetime."),
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="May use the admin API.")] = False,
     as_json: AsJson = False,
@@ -316,7 +323,8 @@ def keys_revoke(
 def tokens_create(
     name: Annotated[str, typer.Option(help="Whose miners will use it.")],
     ttl: Annotated[
-        float | None, typer.Option(min=1, help="Seconds until it expires (default: never).")
+        float | None,
+        typer.Option(min=1, max=MAX_TTL_S, help="Seconds until it expires (default: never)."),
     ] = None,
     as_json: AsJson = False,
     router: RouterUrl = None,

@@ -33,6 +33,10 @@ SECRET_FILE = "secret.key"
 SHOWN_PREFIX = 10
 """Characters of a key kept in clear, so operators can tell keys apart."""
 
+MAX_LIMIT = 10**15
+"""Larger limits are no limit at all, and would overflow the store's integers."""
+MAX_TTL_S = 100 * 365 * 86400
+
 WallClock = Callable[[], float]
 
 

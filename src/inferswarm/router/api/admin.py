@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferswarm.openai_compat.errors import NotFound
+from inferswarm.openai_compat.errors import InvalidRequest, NotFound
 from inferswarm.protocol import MinerId
 from inferswarm.router.access import (
+    MAX_LIMIT,
+    MAX_TTL_S,
     AccessControl,
     KeySpec,
     UnknownObject,
@@ -25,6 +27,9 @@ from inferswarm.router.registry import MinerRegistry
 
 router = APIRouter(prefix="/v1/admin")
 
+MAX_MINER_ID = 128
+"""The store's column width for miner ids."""
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -32,16 +37,16 @@ class _Body(BaseModel):
 
 class NewKey(_Body):
     name: str = Field(min_length=1, max_length=200)
-    models: list[str] = []
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    quota_tokens: int | None = Field(default=None, ge=1)
+    models: list[str] = Field(default=[], max_length=1000)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    quota_tokens: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     admin: bool = False
 
 
 class NewToken(_Body):
     name: str = Field(min_length=1, max_length=200)
-    ttl_s: float | None = Field(default=None, gt=0)
+    ttl_s: float | None = Field(default=None, gt=0, le=MAX_TTL_S)
 
 
 class NewBan(_Body):
@@ -105,6 +110,12 @@ async def list_bans(request: Request) -> dict[str, Any]:
 
 @router.put("/bans/{miner_id}", openapi_extra=_optional(request_body_schema(NewBan)))
 async def ban_miner(request: Request, miner_id: str) -> dict[str, Any]:
+    if not 0 < len(miner_id) <= MAX_MINER_ID:
+        raise InvalidRequest(
+            f"A miner id has 1 to {MAX_MINER_ID} characters; see `inferswarm status` for ids.",
+            param="miner_id",
+            code="invalid_miner_id",
+        )
     body = await parse_body(request, NewBan) if (await request.body()).strip() else NewBan()
     ban = await _access(request).ban_miner(miner_id, body.reason, actor_of(request))
     registry: MinerRegistry = request.app.state.registry
