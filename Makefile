@@ -23,12 +23,12 @@ LLAMA_WHEEL_STAMP := $(WHEELHOUSE)/.built
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test check lint typecheck install install-dev bench clean llama-wheel
+.PHONY: up test check lint typecheck install install-dev bench clean llama-wheel system-deps
 
 up: $(VENV)/.installed
 	$(BIN)/inferswarm up $(UP_ARGS)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	$(MAKE) check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -38,7 +38,22 @@ check: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev system-deps
+
+# Debian tools the tests drive: `promtool` (package prometheus) checks both
+# Prometheus exporters, `chromium` runs the dashboard test. Installed only when
+# missing and only as root with apt-get; elsewhere those tests skip and say why.
+SYSTEM_PACKAGES := prometheus chromium
+system-deps:
+	@if command -v promtool >/dev/null && command -v chromium >/dev/null; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(SYSTEM_PACKAGES); } \
+		|| echo "Could not install $(SYSTEM_PACKAGES); the promtool and Chromium tests will skip."; \
+	else \
+		echo "Not installing $(SYSTEM_PACKAGES) (needs root and apt-get); the promtool and Chromium tests will skip."; \
+	fi
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/overhead.py

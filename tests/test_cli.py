@@ -38,10 +38,23 @@ def test_status_shows_miners_as_a_table_and_as_json(net: Network) -> None:
     table = run_cli("status", "--router", net.base_url)
     assert table.returncode == 0, table.stderr
     assert "pi-board" in table.stdout and "fake-model" in table.stdout and "0/3" in table.stdout
+    assert "models" in table.stdout and "recent events" in table.stdout
+    assert re.search(r"join\s+│\s+pi-board", table.stdout), table.stdout
     raw = run_cli("status", "--router", net.base_url, "--json")
-    miner = json.loads(raw.stdout)["data"][0]
+    miner = json.loads(raw.stdout)["miners"][0]
     assert {"id", "name", "state", "models", "slots", "busy", "tokens_per_s"} <= miner.keys()
     assert miner["slots"] == 3 and miner["state"] == "live"
+
+
+def test_status_watch_refreshes_until_its_count(net: Network) -> None:
+    net.start_router()
+    net.start_miner("m1")
+    net.wait_miners(1)
+    watched = run_cli(
+        "status", "--router", net.base_url, "--watch", "--interval", "0.2", "--count", "3"
+    )
+    assert watched.returncode == 0, watched.stderr
+    assert "m1" in watched.stdout and "fake-model" in watched.stdout
 
 
 def test_status_explains_an_unreachable_router() -> None:
@@ -112,6 +125,7 @@ def test_up_starts_a_network_prints_how_to_use_it_and_stops_on_ctrl_c(tmp_path: 
         key = api_key_from(lines)
         assert f"http://127.0.0.1:{port}/v1" in output
         assert "curl" in output and "from openai import OpenAI" in output
+        assert f"http://127.0.0.1:{port}/dashboard" in output
         with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0
         ) as api:
@@ -122,3 +136,56 @@ def test_up_starts_a_network_prints_how_to_use_it_and_stops_on_ctrl_c(tmp_path: 
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
     finally:
         stop_up(proc, port)
+
+
+def test_watch_redraws_with_each_answer_and_shows_a_lost_router() -> None:
+    """The refresh loop on canned /v1/network answers (the live test above runs it for real)."""
+    from rich.console import Console
+
+    from inferswarm.cli.status_cmd import watch_network
+
+    first = network_doc(["m1"])
+    answers = iter([network_doc(["m1", "m2"]), None])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        if answer is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json=answer)
+
+    console = Console(record=True, force_terminal=True, width=200)
+    client = httpx.Client(base_url="http://router", transport=httpx.MockTransport(handler))
+    watch_network(client, "http://router", first, 0.01, 3, console)
+    shown = console.export_text()
+    assert "m2" in shown  # the second answer was drawn
+    assert "Cannot reach the router" in shown  # then the third fetch failed, and it says so
+
+
+def network_doc(names: list[str]) -> dict[str, object]:
+    miner = {
+        "id": "m-x",
+        "state": "live",
+        "models": ["fake-model"],
+        "tier": 1,
+        "slots": 1,
+        "busy": 0,
+        "tokens_per_s": None,
+        "utilisation": {"cpu_percent": None, "ram_percent": None},
+    }
+    return {
+        "miners": [{**miner, "name": name} for name in names],
+        "models": [],
+        "events": [],
+        "queue": {"depth": 0, "capacity": 8},
+        "in_flight": 0,
+        "slots": len(names),
+        "busy_slots": 0,
+        "last_minute": {
+            "generation_tokens_per_s": 0.0,
+            "ttft_p50": None,
+            "ttft_p95": None,
+            "e2e_p50": None,
+            "e2e_p95": None,
+        },
+        "totals": {},
+    }

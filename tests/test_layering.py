@@ -56,6 +56,14 @@ def test_openai_compat_is_shared_and_neutral() -> None:
     assert offenders("openai_compat", ("inferswarm.router", "inferswarm.miner")) == []
 
 
+def test_telemetry_is_shared_pure_and_neutral() -> None:
+    """Router and miner both use it, so it imports neither, and does no I/O."""
+    io_modules = {"asyncio", "time", "socket", "httpx", "fastapi", "starlette", "os", "psutil"}
+    for path, modules in imports_of("telemetry").items():
+        assert not any(m.startswith("inferswarm.") for m in modules), path
+        assert modules & io_modules == set(), path
+
+
 def test_storage_knows_nothing_of_router_or_miner() -> None:
     forbidden = ("inferswarm.router", "inferswarm.miner", "inferswarm.openai_compat")
     assert offenders("storage", forbidden) == []

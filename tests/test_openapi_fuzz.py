@@ -10,7 +10,8 @@ from inferswarm.router.app import create_app
 from inferswarm.router.settings import RouterSettings
 
 app = create_app(RouterSettings(auth=False, open_join=True))
-schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+# The dashboard's feed streams until the router drains: no single answer to check.
+schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/v1/network/stream")
 
 
 @schema.parametrize()

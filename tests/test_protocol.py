@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     ChatMessage,
+    GpuUsage,
     HardwareProfile,
     Heartbeat,
     MinerId,
@@ -87,3 +88,15 @@ def test_register_needs_a_model_and_a_slot() -> None:
 def test_hardware_summary_is_short_and_readable() -> None:
     hw = HardwareProfile(cpu_model="Intel(R) Xeon(R) Processor", cpu_cores=2, ram_bytes=24 * 2**30)
     assert hw.summary() == "2c Intel Xeon · 24 GiB"
+
+
+def test_heartbeats_of_older_miners_still_parse_and_new_fields_stay_out_when_empty() -> None:
+    old = parse_miner_message('{"type": "heartbeat", "busy_slots": 1, "queued_tasks": 0}')
+    assert isinstance(old, Heartbeat) and old.gpus is None and old.tokens_per_s is None
+    beat = Heartbeat(busy_slots=0, queued_tasks=0, cpu_percent=12.5, ram_percent=40.0)
+    assert "gpus" not in encode(beat)  # a router of the previous version forbids unknown fields
+    card = GpuUsage(
+        index=0, utilization_percent=87.0, memory_used_bytes=2**30, memory_total_bytes=2**34
+    )
+    with_gpu = Heartbeat(busy_slots=1, queued_tasks=0, gpus=(card,), tokens_per_s=41.5)
+    assert parse_miner_message(encode(with_gpu)) == with_gpu

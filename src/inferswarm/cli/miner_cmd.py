@@ -176,6 +176,20 @@ def miner(
             envvar="INFERSWARM_CA_CERT",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics (tasks, tokens, tokens/s, slots, CPU/RAM/GPU use) on this port.",
+            envvar="INFERSWARM_METRICS_PORT",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            help="Address for --metrics-port; 0.0.0.0 lets a Prometheus on another machine scrape it.",
+            envvar="INFERSWARM_METRICS_HOST",
+        ),
+    ] = "127.0.0.1",
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
@@ -213,6 +227,7 @@ def miner(
                 rebenchmark,
                 join_token,
                 ca_cert,
+                (metrics_host, metrics_port) if metrics_port is not None else None,
             )
         )
     except MinerRefused as exc:
@@ -234,6 +249,7 @@ async def _serve(
     rebenchmark: bool,
     join_token: str | None,
     ca_cert: Path | None,
+    metrics_at: tuple[str, int] | None = None,
 ) -> None:
     engine = await _build_engine(kind, options)
     engine.capability = await establish_capability(engine, cache, rebenchmark)
@@ -274,6 +290,8 @@ async def _serve(
     tasks = [asyncio.create_task(agent.run_forever())]
     if http_port is not None:
         tasks.append(asyncio.create_task(_serve_direct(engine, http_port)))
+    if metrics_at is not None:
+        tasks.append(asyncio.create_task(_serve_metrics(agent, engine, *metrics_at)))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -297,6 +315,18 @@ async def _serve_direct(engine: Engine, port: int) -> None:
         log_level="warning",
         access_log=False,
     )
+    await uvicorn.Server(config).serve()
+
+
+async def _serve_metrics(agent: MinerAgent, engine: Engine, host: str, port: int) -> None:
+    from inferswarm.miner.metrics import LoadSource
+    from inferswarm.miner.metrics_server import create_metrics_app
+
+    load = LoadSource(
+        engine.slots, lambda: agent.busy, lambda: agent.queued, agent.connected.is_set
+    )
+    app = create_metrics_app(agent.stats, load, agent.host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     await uvicorn.Server(config).serve()
 
 

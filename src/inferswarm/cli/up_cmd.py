@@ -175,13 +175,17 @@ def _print_welcome(base: str, api_key: str | None, miners: int, no_auth: bool) -
     header = [
         f"[bold green]inferswarm is up[/bold green]: 1 router, {miners} miner(s) serving [bold]{model}[/bold]",
         f"Base URL:  [bold]{base}/v1[/bold]",
+        f"Dashboard: [bold]{base}/dashboard[/bold]"
+        + (" (enter the API key in its key field)" if api_key else ""),
         f"API key:   [bold]{api_key}[/bold]"
         if api_key
         else "API key:   none ([yellow]--no-auth: anyone on this machine can use it[/yellow])",
     ]
     console.print(Panel("\n".join(header), expand=False))
     # Examples go out unwrapped so they copy and paste as they are.
-    status = f"inferswarm status --router {base}" + (f" --api-key {api_key}" if api_key else "")
+    status = f"inferswarm status --watch --router {base}" + (
+        f" --api-key {api_key}" if api_key else ""
+    )
     print(f"\n# curl\n{curl}\n\n# Python (openai)\n{python}\n\n# Miners\n{status}\n")
     console.print("Press Ctrl-C to stop.")
     if no_auth:

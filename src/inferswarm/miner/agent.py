@@ -26,7 +26,8 @@ from websockets.asyncio.client import ClientConnection
 from inferswarm import __version__
 from inferswarm.miner.coalesce import StreamItem, next_batch
 from inferswarm.miner.engines.base import Engine, TaskRejected
-from inferswarm.miner.hardware import usage_now
+from inferswarm.miner.metrics import MinerStats
+from inferswarm.miner.usage import HostMonitor
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     Draining,
@@ -38,6 +39,7 @@ from inferswarm.protocol import (
     Registered,
     TaskAssign,
     TaskCancel,
+    TaskChunk,
     TaskDone,
     TaskFailed,
     TaskId,
@@ -93,8 +95,12 @@ class MinerAgent:
         engine: Engine,
         hardware: HardwareProfile,
         jitter: Callable[[], float] = random.random,
+        stats: MinerStats | None = None,
+        host: HostMonitor | None = None,
     ) -> None:
         self._settings = settings
+        self.stats = stats or MinerStats()
+        self.host = host or HostMonitor()
         self._engine = engine
         self._hardware = hardware
         self._jitter = jitter
@@ -105,6 +111,16 @@ class MinerAgent:
         self.draining = False
         self._refusals: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
+
+    @property
+    def busy(self) -> int:
+        """Tasks running on the engine now."""
+        return self._busy
+
+    @property
+    def queued(self) -> int:
+        """Tasks accepted but waiting for a slot."""
+        return max(0, len(self._running) - self._busy)
 
     def registration(self) -> Register:
         return Register(
@@ -208,6 +224,7 @@ class MinerAgent:
                 finally:
                     self._busy -= 1
         except TaskRejected as exc:
+            self.stats.finished(task.model, "rejected")
             await _send(
                 ws,
                 TaskFailed(
@@ -218,8 +235,10 @@ class MinerAgent:
                 ),
             )
         except asyncio.CancelledError:
+            self.stats.finished(task.model, "cancelled")
             log.debug("task %s cancelled by the router", task.task_id)
         except Exception as exc:
+            self.stats.finished(task.model, "failed")
             log.exception("engine failed on task %s", task.task_id)
             failure = TaskFailed(
                 task_id=task.task_id,
@@ -238,7 +257,10 @@ class MinerAgent:
                     if isinstance(item, BaseException):
                         raise item
                     await ws.send(encode(item))
-                    if isinstance(item, TaskDone):
+                    if isinstance(item, TaskChunk):
+                        self.stats.generated(task.model, item.tokens)
+                    elif isinstance(item, TaskDone):
+                        self.stats.finished(task.model, "ok", item.prompt_tokens)
                         return
         finally:
             producer.cancel()
@@ -253,10 +275,15 @@ class MinerAgent:
 
     async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
         while True:
-            cpu, ram = usage_now()
-            queued = len(self._running) - self._busy
+            usage = self.host.sample()
             beat = Heartbeat(
-                busy_slots=self._busy, queued_tasks=max(0, queued), cpu_percent=cpu, ram_percent=ram
+                busy_slots=self._busy,
+                queued_tasks=self.queued,
+                cpu_percent=usage.cpu_percent,
+                ram_percent=usage.ram_percent,
+                ram_used_bytes=usage.ram_used_bytes,
+                gpus=usage.gpus or None,
+                tokens_per_s=round(self.stats.tokens_per_s(), 2),
             )
             await ws.send(encode(beat))
             await asyncio.sleep(interval_s)

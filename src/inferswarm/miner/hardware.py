@@ -53,8 +53,3 @@ def _nvidia_gpus() -> list[GpuInfo]:
         if name and mib.strip().isdigit():
             gpus.append(GpuInfo(name=name.strip(), memory_bytes=int(mib) * 2**20))
     return gpus
-
-
-def usage_now() -> tuple[float, float]:
-    """CPU and RAM use in percent since the previous call."""
-    return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent

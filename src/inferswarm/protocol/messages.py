@@ -114,12 +114,31 @@ class Draining(_Message):
     type: Literal["draining"] = "draining"
 
 
+class GpuUsage(_Message):
+    """One GPU's load, as NVML reports it."""
+
+    index: int = Field(ge=0)
+    utilization_percent: float = Field(ge=0)
+    memory_used_bytes: int = Field(ge=0)
+    memory_total_bytes: int = Field(ge=0)
+
+
 class Heartbeat(_Message):
+    """The miner's load and its machine's utilisation, about once a second.
+
+    Fields added after version 1 shipped have defaults, so heartbeats of older
+    miners still parse; ``gpus`` is left out (None) on machines without one.
+    """
+
     type: Literal["heartbeat"] = "heartbeat"
     busy_slots: int = Field(ge=0)
     queued_tasks: int = Field(ge=0)
     cpu_percent: float = 0.0
     ram_percent: float = 0.0
+    ram_used_bytes: int | None = Field(default=None, ge=0)
+    gpus: tuple[GpuUsage, ...] | None = None
+    tokens_per_s: float | None = Field(default=None, ge=0)
+    """Tokens the miner generated per second over its last few seconds."""
 
 
 class ChatMessage(_Message):

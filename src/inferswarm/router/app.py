@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,16 +14,28 @@ from fastapi import Depends, FastAPI, Request, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
+from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.admission import WaitQueue
-from inferswarm.router.api import admin, batches, completions, files, jobs, miners, models
+from inferswarm.router.api import (
+    admin,
+    batches,
+    completions,
+    dashboard,
+    files,
+    jobs,
+    miners,
+    models,
+    network,
+)
 from inferswarm.router.api.auth import require_admin, require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
-from inferswarm.router.dispatch import Dispatcher
+from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
+from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
@@ -40,13 +52,19 @@ class RouterDeps:
     """Collaborators a test may replace."""
 
     clock: Clock = field(default=time.monotonic)
+    wall_clock: Clock = field(default=time.time)
     store: Store | None = None
     """Default: the SQL store at ``settings.database_url()``."""
 
 
 def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> FastAPI:
     deps = deps or RouterDeps()
-    registry = MinerRegistry(deps.clock, settings.heartbeat_timeout_s)
+    registry = MinerRegistry(deps.clock, settings.heartbeat_timeout_s, deps.wall_clock)
+
+    def measured(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """Batch and map-reduce tasks, counted in the metrics like requests."""
+        metrics: RouterMetrics = app.state.metrics
+        return metrics.measured(app.state.dispatcher, job)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,16 +83,19 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             settings.batch_share,
             retry_delay_s=settings.task_retry_delay_s,
             max_attempts=settings.task_max_attempts,
+            run=measured,
         )
         app.state.batch_runner = runner
         await runner.start()
-        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry)
+        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry, run=measured)
         await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
+        sampler = asyncio.create_task(_sample_every_second(app.state.metrics))
         try:
             yield
         finally:
             watchdog.cancel()
+            sampler.cancel()
             await runner.stop()
             await app.state.job_runner.stop()
             await store.close()
@@ -95,7 +116,15 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.clock = deps.clock
     app.state.started_at = time.time()
     app.state.draining = False
-    app.state.metrics = RouterMetrics(registry)
+    app.state.metrics = RouterMetrics(registry, app.state.queue, deps.wall_clock)
+    app.state.network = NetworkView(
+        registry,
+        app.state.metrics,
+        app.state.queue,
+        deps.clock,
+        deps.wall_clock,
+        settings.policy.value,
+    )
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -105,16 +134,12 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    for api in (
-        completions.router,
-        models.router,
-        miners.router,
-        files.router,
-        batches.router,
-        jobs.router,
-    ):
+    apis = (completions, models, miners, files, batches, jobs, network)
+    for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
     app.include_router(admin.router, dependencies=[Depends(require_admin)])
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", dashboard.static, name="dashboard-static")
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -166,6 +191,12 @@ async def _expire_silent_miners(
             queue.wake(len(queue))  # bans expire with no event: let waiters look again
         except Exception:
             log.exception("expiring silent miners failed; will retry")
+
+
+async def _sample_every_second(metrics: RouterMetrics) -> None:
+    while True:
+        metrics.sample()
+        await asyncio.sleep(1.0)
 
 
 async def drain(app: FastAPI, timeout_s: float) -> None:

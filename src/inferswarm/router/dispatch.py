@@ -14,8 +14,9 @@ import contextlib
 import itertools
 import logging
 import random
+import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -44,7 +45,8 @@ from inferswarm.router.affinity import (
     min_prompt_tokens,
     prefix_blocks,
 )
-from inferswarm.router.registry import MinerLost, MinerRegistry, TaskEvent
+from inferswarm.router.events import EventKind
+from inferswarm.router.registry import MinerConnection, MinerLost, MinerRegistry, TaskEvent
 from inferswarm.router.schedule import (
     DEFAULT_EXPECTED_OUTPUT_TOKENS,
     Decision,
@@ -113,6 +115,24 @@ class Job:
         )
 
 
+@dataclass
+class Trace:
+    """What the dispatcher did with one job, for metrics and response headers:
+    the miner that served it (the last one, if the stream moved) and how long
+    it waited in the queue."""
+
+    miner_id: MinerId | None = None
+    miner_name: str | None = None
+    tier: int | None = None
+    queue_wait_s: float = 0.0
+
+    def served_by(self, miner_id: MinerId, conn: MinerConnection | None) -> None:
+        self.miner_id = miner_id
+        if conn is not None:
+            self.miner_name = conn.info.name
+            self.tier = conn.tier
+
+
 class _Retry(Exception):
     """This attempt failed before any output; try another miner."""
 
@@ -153,8 +173,10 @@ class Dispatcher:
         limits: DispatchLimits,
         queue: WaitQueue,
         seeds: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
+        self._clock = clock
         self._policy = policy
         self._limits = limits
         self._queue = queue
@@ -169,12 +191,15 @@ class Dispatcher:
     def policy(self) -> Policy:
         return self._policy
 
-    async def run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        """Yield the job's chunks, then a ``TaskDone`` with usage for the whole job."""
+    async def run(
+        self, job: Job, trace: Trace | None = None
+    ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """Yield the job's chunks, then a ``TaskDone`` with usage for the whole job;
+        ``trace`` is filled in as the job goes."""
         self.in_flight += 1
         self.idle.clear()
         try:
-            async with aclosing(self._run(job)) as events:
+            async with aclosing(self._run(job, trace or Trace())) as events:
                 async for event in events:
                     yield event
         finally:
@@ -182,7 +207,7 @@ class Dispatcher:
             if not self.in_flight:
                 self.idle.set()
 
-    async def _run(self, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    async def _run(self, job: Job, trace: Trace) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         """The job's chunks and its ``TaskDone``.
 
         Before the first token a failed miner is replaced (``max_attempts``);
@@ -198,7 +223,7 @@ class Dispatcher:
         lost_reason = ""
         while True:
             try:
-                miner_id = await self._choose(job, placement, tried, failures)
+                miner_id = await self._choose(job, placement, tried, failures, trace)
             except APIError as no_miner:
                 if not progress.migrations:
                     raise
@@ -207,11 +232,12 @@ class Dispatcher:
                     code="miner_lost",
                 ) from None
             tried.add(miner_id)
+            trace.served_by(miner_id, self._registry.get(miner_id))
             before = progress.tokens
             try:
                 resume = progress.resume()
                 attempt = (
-                    self._hedged(job, placement, miner_id, tried)
+                    self._hedged(job, placement, miner_id, tried, trace)
                     if job.hedge and resume is None
                     else self._attempt(job, placement, miner_id, resume)
                 )
@@ -232,7 +258,9 @@ class Dispatcher:
                         code="miner_lost",
                     ) from None
                 progress.migrations += 1
-                self._registry.migrations += 1
+                self._registry.note(
+                    EventKind.MIGRATION, miner_id, f"after {progress.tokens} tokens: {lost.reason}"
+                )
                 lost_reason = lost.reason
                 log.warning(
                     "migrating a stream off %s after %d tokens: %s",
@@ -252,6 +280,8 @@ class Dispatcher:
                 log.warning("task on %s failed before output: %s", miner_id, retry.reason)
                 failures.append(retry.reason)
                 attempts += 1
+                if attempts < self._limits.max_attempts:
+                    self._registry.note(EventKind.FAILOVER, miner_id, retry.reason)
                 if attempts >= self._limits.max_attempts:
                     raise UpstreamFailed(
                         f"the request failed on {len(tried)} miners: {'; '.join(failures)}. "
@@ -262,19 +292,24 @@ class Dispatcher:
                 await asyncio.sleep(RETRY_BACKOFF_S * 2 ** (attempts - 1))
 
     async def _choose(
-        self, job: Job, placement: _Placement, tried: set[MinerId], failures: list[str]
+        self,
+        job: Job,
+        placement: _Placement,
+        tried: set[MinerId],
+        failures: list[str],
+        trace: Trace,
     ) -> MinerId:
         # Arrivals queue behind tasks already waiting, so nobody jumps the line.
         ticket = self._queue.ticket()
         if self._queue.has_waiters():
-            await self._queue.wait(job.tenant, ticket)
+            await self._wait(job, ticket, trace)
         while True:
             decision = self._decide(job, placement, tried)
             if decision.miner_id is not None:
                 return decision.miner_id
             if not decision.saturated:
                 break
-            await self._queue.wait(job.tenant, ticket)
+            await self._wait(job, ticket, trace)
         if failures:
             raise UpstreamFailed(
                 f"the request failed on {len(tried)} miners: {'; '.join(failures)}; "
@@ -286,6 +321,13 @@ class Dispatcher:
             code="no_miner_available",
             headers={"Retry-After": "1"},
         )
+
+    async def _wait(self, job: Job, ticket: int, trace: Trace) -> None:
+        started = self._clock()
+        try:
+            await self._queue.wait(job.tenant, ticket)
+        finally:
+            trace.queue_wait_s += self._clock() - started
 
     def _decide(self, job: Job, placement: _Placement, tried: set[MinerId]) -> Decision:
         needs = TaskNeeds(
@@ -335,7 +377,12 @@ class Dispatcher:
                 self._registry.cancel_task(miner_id, task.task_id)
 
     async def _hedged(
-        self, job: Job, placement: _Placement, miner_id: MinerId, tried: set[MinerId]
+        self,
+        job: Job,
+        placement: _Placement,
+        miner_id: MinerId,
+        tried: set[MinerId],
+        trace: Trace,
     ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         """Run on ``miner_id``; if no first token comes within the p95 TTFT of its
         tier, start a duplicate on another miner and keep whichever answers
@@ -344,6 +391,7 @@ class Dispatcher:
         racers: dict[
             asyncio.Future[TaskChunk | TaskDone], AsyncGenerator[TaskChunk | TaskDone, None]
         ] = {asyncio.ensure_future(anext(primary)): primary}
+        owners = {primary: miner_id}
         await asyncio.wait(
             racers, timeout=self._registry.hedge_delay_s(miner_id, self._limits.hedge_delay_s)
         )
@@ -353,9 +401,15 @@ class Dispatcher:
                 tried.add(decision.miner_id)
                 backup = self._attempt(job, placement, decision.miner_id, None)
                 racers[asyncio.ensure_future(anext(backup))] = backup
-                self._registry.hedges += 1
+                owners[backup] = decision.miner_id
+                self._registry.note(
+                    EventKind.HEDGE,
+                    decision.miner_id,
+                    f"backing up a slow first token on {miner_id}",
+                )
                 log.info("hedging a slow first token on %s with %s", miner_id, decision.miner_id)
         first, winner = await _first_answer(racers)
+        trace.served_by(owners[winner], self._registry.get(owners[winner]))
         try:
             yield first
             async for event in winner:

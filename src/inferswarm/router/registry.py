@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from inferswarm.protocol import (
 )
 from inferswarm.router.affinity import PrefixIndex, SessionMap
 from inferswarm.router.capacity import SpeedTracker, claimed_speed
+from inferswarm.router.events import EventKind, EventLog
 from inferswarm.router.schedule import MinerState, MinerView, Snapshot, tier_for
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,9 @@ class MinerConnection:
 
 
 class MinerRegistry:
-    def __init__(self, clock: Clock, heartbeat_timeout_s: float) -> None:
+    def __init__(
+        self, clock: Clock, heartbeat_timeout_s: float, wall_clock: Clock = time.time
+    ) -> None:
         self._clock = clock
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._miners: dict[MinerId, MinerConnection] = {}
@@ -152,9 +156,25 @@ class MinerRegistry:
         self.prefixes = PrefixIndex()
         self.sessions = SessionMap()
         self.bans: dict[MinerId, Ban] = {}
-        self.migrations = 0
-        self.hedges = 0
+        self.events = EventLog(wall_clock)
         self._ttft_by_tier: dict[int, deque[float]] = {}
+
+    @property
+    def migrations(self) -> int:
+        return self.events.totals[EventKind.MIGRATION]
+
+    @property
+    def hedges(self) -> int:
+        return self.events.totals[EventKind.HEDGE]
+
+    @property
+    def failovers(self) -> int:
+        return self.events.totals[EventKind.FAILOVER]
+
+    def note(self, kind: EventKind, miner_id: MinerId, detail: str) -> None:
+        """Record something that happened to or because of a miner."""
+        conn = self._miners.get(miner_id)
+        self.events.record(kind, miner_id, conn.info.name if conn else miner_id, detail)
 
     def hedge_delay_s(self, miner_id: MinerId, default_s: float) -> float:
         """The p95 time to first token of this miner's tier, once there are enough samples."""
@@ -180,6 +200,7 @@ class MinerRegistry:
             duration = min(previous.duration * 2, BAN_MAX_S)
         self.bans[miner_id] = Ban(until=now + duration, duration=duration)
         log.warning("miner %s banned for %.0f s: %s", miner_id, duration, reason)
+        self.note(EventKind.BAN, miner_id, f"banned for {duration:g} s: {reason}")
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
@@ -217,6 +238,8 @@ class MinerRegistry:
         conn = MinerConnection(info=info, send=send, close=close, connected_at=now, last_seen=now)
         self._miners[info.miner_id] = conn
         log.info("miner %s (%s) joined with %d slots", info.miner_id, info.name, info.slots)
+        models = ", ".join(offer.name for offer in info.models)
+        self.note(EventKind.JOIN, info.miner_id, f"{models} with {info.slots} slot(s)")
         self._freed(info.slots)
         return conn
 
@@ -226,6 +249,7 @@ class MinerRegistry:
             del self._miners[conn.miner_id]
             self.prefixes.forget(conn.miner_id)
             log.info("miner %s left: %s", conn.miner_id, reason)
+            self.events.record(EventKind.LEAVE, conn.miner_id, conn.info.name, reason)
         lost = MinerLost(f"miner {conn.info.name} ({conn.miner_id}) was lost: {reason}")
         for task in conn.tasks.values():
             task.events.put_nowait(lost)
@@ -244,6 +268,7 @@ class MinerRegistry:
         if isinstance(message, Draining):
             conn.state = MinerState.DRAINING
             log.info("miner %s is draining: no new tasks", conn.miner_id)
+            self.note(EventKind.DRAINING, conn.miner_id, "shutting down; no new tasks")
             return
         task = conn.tasks.get(message.task_id)
         if task is None:

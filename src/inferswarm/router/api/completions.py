@@ -29,7 +29,7 @@ from inferswarm.router.completion import (
     plan_completion,
     plan_usage,
 )
-from inferswarm.router.dispatch import Dispatcher, Job
+from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
 from inferswarm.router.usage_limits import Reservation, counted
@@ -48,11 +48,12 @@ async def chat_completions(request: Request) -> Response:
     reservation = await admit(request, plan, body.stream)
     if body.stream:
         return await _stream(plan, request, body, request_id, _chat_sse, reservation)
+    traces = [Trace() for _ in plan.jobs]
     try:
-        results = await collect_all(plan, metered(request, reservation))
+        results = await collect_all(plan, _traced(request, plan, traces, reservation))
     finally:
         await settle(request, reservation)
-    return JSONResponse(chat_response(request_id, body, plan, results))
+    return JSONResponse(chat_response(request_id, body, plan, results), headers=served_by(traces))
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
@@ -64,11 +65,14 @@ async def completions(request: Request) -> Response:
     reservation = await admit(request, plan, body.stream)
     if body.stream:
         return await _stream(plan, request, body, request_id, _text_sse, reservation)
+    traces = [Trace() for _ in plan.jobs]
     try:
-        results = await collect_all(plan, metered(request, reservation))
+        results = await collect_all(plan, _traced(request, plan, traces, reservation))
     finally:
         await settle(request, reservation)
-    return JSONResponse(completion_response(request_id, body, plan, results))
+    return JSONResponse(
+        completion_response(request_id, body, plan, results), headers=served_by(traces)
+    )
 
 
 def caller_of(request: Request) -> Caller:
@@ -79,41 +83,40 @@ def caller_of(request: Request) -> Caller:
     )
 
 
-async def measured(request: Request, job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+def measured(
+    request: Request, job: Job, trace: Trace | None = None
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
     """The dispatcher's events, with the task's latency, tokens and outcome recorded."""
     metrics: RouterMetrics = request.app.state.metrics
-    model = job.model
-    started = time.perf_counter()
-    outcome = "cancelled"
-    first_token = True
-    metrics.in_flight.inc()
-    try:
-        async with aclosing(_dispatcher(request).run(job)) as events:
-            async for event in events:
-                if isinstance(event, TaskChunk) and first_token:
-                    first_token = False
-                    metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                elif isinstance(event, TaskDone):
-                    outcome = "ok"
-                    metrics.e2e.labels(model).observe(time.perf_counter() - started)
-                    metrics.prompt_tokens.labels(model).inc(event.prompt_tokens)
-                    metrics.generation_tokens.labels(model).inc(event.completion_tokens)
-                yield event
-    except APIError as exc:
-        outcome = exc.code or exc.error_type
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.requests.labels(model, outcome).inc()
+    return metrics.measured(_dispatcher(request), job, trace)
 
 
-def metered(
-    request: Request, reservation: Reservation | None
+def _traced(
+    request: Request, plan: Plan, traces: list[Trace], reservation: Reservation | None = None
 ) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
-    """``measured``, with each task's tokens counted against the key's reservation."""
-    if reservation is None:
-        return lambda job: measured(request, job)
-    return lambda job: counted(measured(request, job), reservation)
+    """``measured`` with each of the plan's jobs writing to its own trace, and
+    its tokens counted against the key's reservation."""
+    by_job = {id(job): trace for job, trace in zip(plan.jobs, traces, strict=True)}
+
+    def run(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        events = measured(request, job, by_job.get(id(job)))
+        return events if reservation is None else counted(events, reservation)
+
+    return run
+
+
+def served_by(traces: list[Trace]) -> dict[str, str]:
+    """Response headers naming the miners that served the request (for a stream
+    that moved, the last one), for clients and the dashboard playground."""
+    served = [t for t in traces if t.miner_id is not None]
+    if not served:
+        return {}
+    ids = list(dict.fromkeys(str(t.miner_id) for t in served))
+    names = list(dict.fromkeys(t.miner_name or str(t.miner_id) for t in served))
+    name = ", ".join(names)
+    if not (name.isascii() and name.isprintable()):
+        name = ", ".join(ids)
+    return {"x-inferswarm-miner-id": ", ".join(ids), "x-inferswarm-miner": name}
 
 
 def _dispatcher(request: Request) -> Dispatcher:
@@ -132,7 +135,8 @@ async def _stream(
     render: SseRenderer,
     reservation: Reservation | None,
 ) -> Response:
-    run = metered(request, reservation)
+    traces = [Trace() for _ in plan.jobs]
+    run = _traced(request, plan, traces, reservation)
     events = merge_streams([run(job) for job in plan.jobs])
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
@@ -185,7 +189,9 @@ async def _stream(
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(
-        sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        sse(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", **served_by(traces)},
     )
 
 

@@ -20,6 +20,7 @@ class RefuseWhileDraining:
                 "This router is shutting down. Retry in a moment, or use another router.",
                 code="router_draining",
             )
+            scope["app"].state.metrics.reject(error.status_code, error.code)
             body = json.dumps(error.body()).encode()
             headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
             await send({"type": "http.response.start", "status": 503, "headers": headers})

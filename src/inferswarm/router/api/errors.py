@@ -22,13 +22,22 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+def _count(request: Request, status: int, reason: str) -> None:
+    """Every error answer is counted as a rejection, wherever it was raised."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.reject(status, reason)
+
+
 def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    _count(request, exc.status_code, exc.code or exc.error_type)
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     message, param = describe_validation_errors(exc.errors())
     body = error_body(message, "invalid_request_error", param, "invalid_request")
+    _count(request, 400, "invalid_request")
     return JSONResponse(body, status_code=400)
 
 
@@ -58,11 +67,17 @@ def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = f"Unknown path {request.url.path}; see /docs for the API."
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}."
+    _count(
+        request,
+        exc.status_code,
+        {404: "unknown_path", 405: "method_not_allowed"}.get(exc.status_code, "http_error"),
+    )
     return JSONResponse(error_body(message, error_type), status_code=exc.status_code)
 
 
 def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error serving %s %s", request.method, request.url.path)
+    _count(request, 500, "internal_error")
     body = error_body(
         "The router hit an internal error; it was logged. Retry, and report it if it repeats.",
         "server_error",

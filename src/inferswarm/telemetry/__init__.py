@@ -1,0 +1,4 @@
+"""Figures shared by router and miner: rolling per-second samples.
+
+Imports nothing else from inferswarm, so both sides may use it.
+"""
