@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -197,9 +198,10 @@ def test_map_reduce_cli_digests_a_long_text_on_real_miners(
 ) -> None:
     from pydoc_data.topics import topics
 
-    text = "\n\n".join(topics[name] for name in ("assert", "break", "continue", "del", "pass"))
+    names = ("assert", "break", "continue", "del", "pass", "return", "global", "nonlocal", "for")
+    text = "\n\n".join(topics[name] for name in names)
     document_tokens = tokens_of(text)
-    assert document_tokens > 1000, "more than fits the miners' 1,024-token contexts with answers"
+    assert document_tokens > 1200, "more than fits the miners' 1,024-token contexts with answers"
     source = tmp_path / "doc.txt"
     source.write_text(text)
     run = subprocess.run(
@@ -302,3 +304,25 @@ def test_a_real_stream_continues_on_another_miner_when_its_miner_is_killed(tmp_p
     # Greedy decoding continued from the text so far gives the same answer as
     # the uninterrupted run: no text repeated, none missing.
     assert migrated == whole.choices[0].text
+
+
+def test_concurrent_streams_on_batching_miners_match_solo_answers(
+    api: openai.OpenAI, llama_net: Network
+) -> None:
+    """Continuous batching: many streams at once, each the answer it gets alone."""
+    assert all(m["slots"] == 8 for m in llama_net.miners())  # chosen from memory
+    prompts = [f"Fact number {n} about the ocean:" for n in range(6)]
+
+    def solo(prompt: str) -> str:
+        reply = api.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+        return reply.choices[0].text
+
+    def streamed(prompt: str) -> str:
+        stream = api.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stream=True
+        )
+        return "".join(c.choices[0].text for c in stream if c.choices)
+
+    expected = [solo(p) for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(streamed, prompts)) == expected
