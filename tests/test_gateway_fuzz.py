@@ -57,7 +57,7 @@ frames = st.one_of(
 
 
 def test_the_router_survives_any_frame() -> None:
-    app = create_app(RouterSettings())
+    app = create_app(RouterSettings(auth=False, open_join=True))
     with TestClient(app) as client:
 
         @settings(
@@ -78,7 +78,7 @@ def test_the_router_survives_any_frame() -> None:
 
 
 def test_frames_about_other_miners_tasks_are_ignored() -> None:
-    app = create_app(RouterSettings())
+    app = create_app(RouterSettings(auth=False, open_join=True))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
         ws.send_text(json.dumps(REGISTER))
         ws.receive_text()
@@ -98,7 +98,7 @@ def test_frames_about_other_miners_tasks_are_ignored() -> None:
 
 
 def test_a_bad_frame_closes_only_that_connection() -> None:
-    app = create_app(RouterSettings())
+    app = create_app(RouterSettings(auth=False, open_join=True))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as good:
         good.send_text(json.dumps(REGISTER))
         good.receive_text()
@@ -113,7 +113,7 @@ def test_a_bad_frame_closes_only_that_connection() -> None:
 
 
 def test_a_miner_flooding_frames_does_not_disturb_the_router() -> None:
-    app = create_app(RouterSettings())
+    app = create_app(RouterSettings(auth=False, open_join=True))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
         ws.send_text(json.dumps(REGISTER))
         ws.receive_text()
