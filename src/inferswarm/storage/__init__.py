@@ -5,12 +5,16 @@ PostgreSQL by URL. The SQL stack is imported only by those who open a store."""
 
 from inferswarm.storage.blobs import BlobDir
 from inferswarm.storage.records import (
+    ApiKeyRecord,
+    AuditEntry,
     BatchRecord,
     BatchStatus,
     BatchTask,
     FileRecord,
     JobRecord,
     JobTask,
+    JoinTokenRecord,
+    MinerBanRecord,
     ReputationRecord,
     ResultRecord,
     TaskState,
@@ -18,6 +22,8 @@ from inferswarm.storage.records import (
 from inferswarm.storage.store import Store
 
 __all__ = [
+    "ApiKeyRecord",
+    "AuditEntry",
     "BatchRecord",
     "BatchStatus",
     "BatchTask",
@@ -25,6 +31,8 @@ __all__ = [
     "FileRecord",
     "JobRecord",
     "JobTask",
+    "JoinTokenRecord",
+    "MinerBanRecord",
     "ReputationRecord",
     "ResultRecord",
     "Store",

@@ -18,10 +18,10 @@ from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import APIError
 from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.api.body import parse_body, request_body_schema
+from inferswarm.router.api.limits import admit, check_scope, settle
 from inferswarm.router.completion import (
     Caller,
     Plan,
-    Runner,
     chat_response,
     collect_all,
     completion_response,
@@ -32,6 +32,7 @@ from inferswarm.router.completion import (
 from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
+from inferswarm.router.usage_limits import Reservation, counted
 from inferswarm.router.verify.service import Report, Verifier
 
 router = APIRouter()
@@ -42,13 +43,21 @@ router = APIRouter()
 )
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
+    check_scope(request, body.model)
     plan = plan_chat(body, caller_of(request), request.app.state.registry)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    run, reports = _runner(request, body)
+    reservation = await admit(request, plan, body.stream)
     traces = [Trace() for _ in plan.jobs]
-    run, reports = _runner(request, body, plan, traces)
+    runner = _traced(request, plan, traces, reservation, run)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _chat_sse, run, traces, reports)
-    results = await collect_all(plan, run)
+        return await _stream(
+            plan, request, body, request_id, _chat_sse, reservation, runner, traces, reports
+        )
+    try:
+        results = await collect_all(plan, runner)
+    finally:
+        await settle(request, reservation)
     payload = chat_response(request_id, body, plan, results)
     return _verified(payload, served_by(traces), reports)
 
@@ -56,40 +65,49 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await parse_body(request, schemas.CompletionRequest)
+    check_scope(request, body.model)
     plan = plan_completion(body, caller_of(request), request.app.state.registry)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    run, reports = _runner(request, body)
+    reservation = await admit(request, plan, body.stream)
     traces = [Trace() for _ in plan.jobs]
-    run, reports = _runner(request, body, plan, traces)
+    runner = _traced(request, plan, traces, reservation, run)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _text_sse, run, traces, reports)
-    results = await collect_all(plan, run)
+        return await _stream(
+            plan, request, body, request_id, _text_sse, reservation, runner, traces, reports
+        )
+    try:
+        results = await collect_all(plan, runner)
+    finally:
+        await settle(request, reservation)
     payload = completion_response(request_id, body, plan, results)
     return _verified(payload, served_by(traces), reports)
 
 
 Reports = dict[int, Report]
 """Verification reports by the id of the job they verified."""
+JobRunner = Callable[[Request, Job, "Trace | None"], AsyncGenerator[TaskChunk | TaskDone, None]]
 
 
 def _runner(
-    request: Request,
-    body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
-    plan: Plan,
-    traces: list[Trace],
-) -> tuple[Runner, Reports]:
+    request: Request, body: schemas.ChatCompletionRequest | schemas.CompletionRequest
+) -> tuple[JobRunner, Reports]:
     """How each job runs: once (perhaps spot-checked later), or on k miners
-    with consensus when asked."""
+    with consensus when the request or the router asks for it."""
     verifier: Verifier = request.app.state.verifier
     options = body.inferswarm
     k, consensus = verifier.options(
         options.redundancy if options else None, options.consensus if options else None
     )
     reports: Reports = {}
-    traced = _traced(request, plan, traces)
     if k <= 1:
-        return (lambda job: _spot_checked(verifier, job, traced(job))), reports
+        return (
+            lambda request, job, trace: _spot_checked(verifier, job, measured(request, job, trace))
+        ), reports
 
-    async def redundant(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    async def redundant(
+        request: Request, job: Job, trace: Trace | None
+    ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         text, done, report = await verifier.run_redundant(job, k, consensus)
         reports[id(job)] = report
         if text:
@@ -143,11 +161,21 @@ def measured(
 
 
 def _traced(
-    request: Request, plan: Plan, traces: list[Trace]
+    request: Request,
+    plan: Plan,
+    traces: list[Trace],
+    reservation: Reservation | None = None,
+    runner: JobRunner = measured,
 ) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
-    """``measured`` with each of the plan's jobs writing to its own trace."""
+    """``runner`` (``measured`` by default) with each of the plan's jobs writing
+    to its own trace, and its tokens counted against the key's reservation."""
     by_job = {id(job): trace for job, trace in zip(plan.jobs, traces, strict=True)}
-    return lambda job: measured(request, job, by_job.get(id(job)))
+
+    def run(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        events = runner(request, job, by_job.get(id(job)))
+        return events if reservation is None else counted(events, reservation)
+
+    return run
 
 
 def served_by(traces: list[Trace]) -> dict[str, str]:
@@ -178,7 +206,8 @@ async def _stream(
     body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
     request_id: str,
     render: SseRenderer,
-    run: Runner,
+    reservation: Reservation | None,
+    run: Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]],
     traces: list[Trace],
     reports: Reports,
 ) -> Response:
@@ -189,12 +218,21 @@ async def _stream(
         first = await anext(events)
     except BaseException:
         await events.aclose()
+        await settle(request, reservation)
         raise
     created = int(time.time())
     is_chat = isinstance(body, schemas.ChatCompletionRequest)
     obj = "chat.completion.chunk" if is_chat else "text_completion"
 
     async def sse() -> AsyncIterator[str]:
+        try:
+            async with aclosing(_sse_lines()) as lines:
+                async for line in lines:
+                    yield line
+        finally:
+            await settle(request, reservation)
+
+    async def _sse_lines() -> AsyncGenerator[str, None]:
         done: dict[int, TaskDone] = {}
         async with aclosing(events):
             if is_chat:
@@ -227,7 +265,7 @@ async def _stream(
     return StreamingResponse(
         sse(),
         media_type="text/event-stream",
-        # With redundancy, the verdicts of the jobs done before the first event.
+        # With redundancy: the verdicts of the jobs finished before the first event.
         headers={
             "Cache-Control": "no-cache",
             **served_by(traces),

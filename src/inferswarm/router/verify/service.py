@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from inferswarm.openai_compat.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed
-from inferswarm.protocol import MinerId, ModelName, SamplingParams, TaskChunk, TaskDone, TaskId
+from inferswarm.protocol import MinerId, ModelName, TaskChunk, TaskDone, TaskId
 from inferswarm.router.completion import collect
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.registry import MinerConnection, MinerRegistry
