@@ -17,6 +17,7 @@ from inferswarm import __version__
 from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import (
+    autoscale,
     batches,
     completions,
     dashboard,
@@ -35,6 +36,8 @@ from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
+from inferswarm.router.scale.autoscaler import Autoscaler
+from inferswarm.router.scale.build import build_autoscaler
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
@@ -85,11 +88,16 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         sampler = asyncio.create_task(_sample_every_second(app.state.metrics))
+        scaler: Autoscaler | None = app.state.autoscaler
+        scaling = asyncio.create_task(scaler.run()) if scaler else None
         try:
             yield
         finally:
             watchdog.cancel()
             sampler.cancel()
+            if scaler and scaling:
+                scaling.cancel()
+                await scaler.close()
             await runner.stop()
             await app.state.job_runner.stop()
             await store.close()
@@ -119,6 +127,9 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         deps.wall_clock,
         settings.policy.value,
     )
+    app.state.autoscaler = build_autoscaler(
+        settings, registry, app.state.metrics, deps.clock, deps.wall_clock
+    )
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -128,7 +139,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    apis = (completions, models, miners, files, batches, jobs, network)
+    apis = (completions, models, miners, files, batches, jobs, network, autoscale)
     for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
     app.include_router(dashboard.router)

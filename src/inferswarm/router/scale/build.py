@@ -1,0 +1,74 @@
+"""Putting an autoscaler together from the router's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psutil
+
+from inferswarm.router.metrics import RouterMetrics
+from inferswarm.router.registry import MinerRegistry
+from inferswarm.router.scale.autoscaler import Autoscaler, ScaleMetrics
+from inferswarm.router.scale.providers import (
+    CommandProvider,
+    LocalProvider,
+    Provider,
+    StandbyProvider,
+)
+from inferswarm.router.scale.settings import LocalBudget, ProviderKind, ScaleSettings
+from inferswarm.router.scale.signals import SignalReader
+from inferswarm.router.settings import RouterSettings
+
+MEMORY_SHARE = 0.8
+"""Of the memory available at start, what local miners may take (20% buffer)."""
+
+
+def build_autoscaler(
+    settings: RouterSettings,
+    registry: MinerRegistry,
+    metrics: RouterMetrics,
+    clock: Callable[[], float],
+    wall_clock: Callable[[], float],
+) -> Autoscaler | None:
+    scale = settings.autoscale
+    if scale is None:
+        return None
+    return Autoscaler(
+        scale.policy,
+        _provider(settings, scale, registry, clock),
+        registry,
+        SignalReader(metrics),
+        ScaleMetrics(metrics.registry),
+        interval_s=scale.interval_s,
+        drain_timeout_s=scale.drain_timeout_s,
+        clock=clock,
+        wall_clock=wall_clock,
+    )
+
+
+def _provider(
+    settings: RouterSettings,
+    scale: ScaleSettings,
+    registry: MinerRegistry,
+    clock: Callable[[], float],
+) -> Provider:
+    if scale.provider is ProviderKind.LOCAL:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        return LocalProvider(
+            f"http://{host}:{settings.port}",
+            scale.miner_args,
+            settings.data_dir / "autoscale",
+            scale.budget or default_budget(),
+            registry,
+            scale.start_timeout_s,
+            clock,
+        )
+    if scale.provider is ProviderKind.COMMAND:
+        return CommandProvider(scale.command, scale.models, registry, scale.start_timeout_s)
+    return StandbyProvider(registry, scale.standby_heartbeat_s, settings.heartbeat_interval_s)
+
+
+def default_budget() -> LocalBudget:
+    """The machine's cores, and most of the memory available now."""
+    memory = int(psutil.virtual_memory().available * MEMORY_SHARE)
+    return LocalBudget(cpus=float(psutil.cpu_count() or 1), memory_bytes=memory)
