@@ -41,4 +41,5 @@ def _record(record: DecisionRecord) -> dict[str, Any]:
         "direction": decision.direction.value,
         "reason": decision.reason,
         "action": record.action,
+        "signals": dataclasses.asdict(record.signals),
     }

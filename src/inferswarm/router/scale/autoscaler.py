@@ -19,7 +19,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from inferswarm.router.events import EventKind
 from inferswarm.router.registry import MinerConnection, MinerRegistry
-from inferswarm.router.scale.policy import Decision, Direction, ScaleMemory, ScalePolicy, decide
+from inferswarm.router.scale.policy import (
+    Decision,
+    Direction,
+    ModelSignals,
+    ScaleMemory,
+    ScalePolicy,
+    decide,
+)
 from inferswarm.router.scale.providers import Provider, serves
 from inferswarm.router.scale.signals import SignalReader
 from inferswarm.router.schedule import MinerState
@@ -37,6 +44,7 @@ class DecisionRecord:
     at: float
     """Wall-clock time."""
     decision: Decision
+    signals: ModelSignals
     action: str
     """What the provider did, or why nothing was done."""
 
@@ -140,7 +148,7 @@ class Autoscaler:
                 memory.wanted,
             )
         action = await self._carry_out(decision, miners, now)
-        return self._record(decision, action)
+        return self._record(decision, signals, action)
 
     def _within_headroom(self, decision: Decision) -> Decision:
         if decision.direction is not Direction.UP:
@@ -192,8 +200,8 @@ class Autoscaler:
             return
         log.info("autoscaler released %s miner(s) of %s: %s", len(conns), model, action)
 
-    def _record(self, decision: Decision, action: str) -> DecisionRecord:
-        record = DecisionRecord(self.evaluations, self._wall_clock(), decision, action)
+    def _record(self, decision: Decision, signals: ModelSignals, action: str) -> DecisionRecord:
+        record = DecisionRecord(self.evaluations, self._wall_clock(), decision, signals, action)
         model, direction = decision.model, decision.direction
         self._metrics.desired.labels(model).set(decision.desired)
         self._metrics.current.labels(model).set(decision.current)
