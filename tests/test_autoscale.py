@@ -3,6 +3,7 @@ real fake-engine miner processes under a low -> high -> low load step."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import psutil
+
 from netutil import Network
 
 MODEL = "fake-model"
@@ -138,7 +140,7 @@ def test_local_autoscaling_follows_a_load_step_without_losing_a_request(net: Net
         assert [(d["current"], d["desired"]) for d in downs] == [(3, 2), (2, 1)]
         # Removed one at a time, each after the last change plus the cooldown.
         evaluations = [d["evaluation"] for d in decisions if d["direction"] != "hold"]
-        gaps = [b - a for a, b in zip(evaluations, evaluations[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(evaluations)]
         assert all(gap >= DOWN_DELAY_S / INTERVAL_S for gap in gaps[-2:]), evaluations
 
         # Every removed miner was drained by the router before it left.
@@ -148,3 +150,31 @@ def test_local_autoscaling_follows_a_load_step_without_losing_a_request(net: Net
         for kind, name in kinds:
             if kind == "leave":
                 assert ("draining", name) in kinds[: kinds.index((kind, name))]
+
+
+def test_standby_parks_an_idle_miner_and_activates_it_under_load(net: Network) -> None:
+    net.start_router(
+        *("--autoscale", "standby", "--min-miners", "1", "--max-miners", "2"),
+        *("--scale-interval", "0.5", "--scale-down-delay", "2", "--standby-heartbeat", "2"),
+        *("--target-utilization", "1"),
+    )
+    miners = [net.start_miner(name, "--fake-speed", "50") for name in ("s1", "s2")]
+    net.wait_miners(2)
+
+    def states() -> list[str]:
+        return sorted(str(m["state"]) for m in net.miners())
+
+    wait_for("one miner parked", lambda: states() == ["live", "parked"], 20, net)
+    parked = next(m for m in net.miners() if m["state"] == "parked")
+    proc = next(p for p in miners if p.name == parked["name"])
+    wait_for("the miner to hear it", lambda: "parked by the router" in proc.output(), 10, net)
+    time.sleep(3)  # parked, it beats every 2 s: still connected past the 5 s heartbeat timeout
+    assert states() == ["live", "parked"]
+
+    load = Load(net)
+    with load.running(clients=3):
+        wait_for("both miners live", lambda: states() == ["live", "live"], 20, net)
+        time.sleep(1)
+    assert "activated by the router" in proc.output()
+    assert load.failures == [], load.failures
+    assert load.ok > 0

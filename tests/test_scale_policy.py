@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_scale_down_waits_for_the_cooldown_then_goes_one_at_a_time() -> None:
     # Nothing goes before the window of the last high demand and the cooldown have passed,
     # and the steps are a cooldown apart.
     assert downs[0][0] >= POLICY.scale_down_window_s
-    gaps = [b - a for (a, _), (b, _) in zip(downs, downs[1:], strict=False)]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(downs)]
     assert all(gap >= POLICY.scale_down_cooldown_s for gap in gaps)
 
 
@@ -141,7 +142,7 @@ def test_recorded_load_step_scales_up_once_and_down_slowly() -> None:
         for (t, _), d in zip(sequence, decisions, strict=True)
         if d.direction is not Direction.HOLD
     ]
-    for (before, _), (at, decision) in zip(changes, changes[1:], strict=False):
+    for (before, _), (at, decision) in itertools.pairwise(changes):
         if decision.direction is Direction.DOWN:
             assert at - before >= POLICY.scale_down_cooldown_s
     assert decisions[-1].desired < max(d.desired for d in decisions), "never scaled back down"
