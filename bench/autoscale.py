@@ -39,7 +39,7 @@ from report import write_results
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "autoscale.json"
 PLOT = ROOT / "docs" / "autoscale.png"
-PROFILE = ((15, 1.0), (25, 4.0), (8, 9.0), (32, 1.0))
+PROFILE = ((15, 1.0), (25, 4.0), (8, 9.0), (37, 1.0))
 """(seconds, requests per second): low, a step up, a spike, back to low."""
 ROLLING_S = 5
 
@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=30)
     parser.add_argument("--slo", type=float, default=1.0, help="TTFT SLO, seconds")
     parser.add_argument("--interval", type=float, default=2.0, help="autoscaler period")
-    parser.add_argument("--down-delay", type=float, default=15.0)
+    parser.add_argument("--down-delay", type=float, default=10.0)
     parser.add_argument("--small", type=int, default=2)
     parser.add_argument("--large", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)

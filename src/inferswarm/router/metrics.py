@@ -150,6 +150,8 @@ class RouterMetrics:
         self.timeline.gauge(now, "slots", sum(c.info.slots for c in connections))
         self.timeline.gauge(now, "busy_slots", sum(len(c.tasks) for c in connections))
         self.timeline.gauge(now, "miners", len(connections))
+        for model, running in self.running_by_model.items():
+            self.timeline.gauge(now, per_model("in_flight", model), running)
 
     async def measured(
         self, dispatcher: Dispatcher, job: Job, trace: Trace | None = None

@@ -5,7 +5,7 @@ in flight, running or waiting) over what one miner should carry at the target
 utilisation, raised when arrivals are rising and when the p95 time to first
 token or queue wait breaks the SLO. Scale-up is immediate; scale-down takes
 the highest count wanted over a stabilisation window, waits a cooldown after
-any change, and goes one step at a time. A tolerance band around the target
+any change, and at most halves the count at once. A tolerance band around the target
 utilisation (hysteresis) keeps the count still under steady load.
 """
 
@@ -41,7 +41,8 @@ class ScalePolicy:
     """Scale down to the highest count wanted over this window (KPA's stable window)."""
     scale_down_cooldown_s: float = 30.0
     """No scale-down sooner than this after any change."""
-    scale_down_step: int = 1
+    max_scale_down_rate: float = 2.0
+    """One scale-down keeps at least current / this many (KPA's default halving)."""
 
     def __post_init__(self) -> None:
         if self.min_miners < 1:
@@ -73,10 +74,15 @@ class ModelSignals:
     """Over the recent window."""
     previous_arrivals_per_s: float = 0.0
     """Over the window before it, for the trend."""
+    average_demand: float | None = None
+    """Requests in flight, averaged over the last few seconds (KPA's panic
+    window): steadier than one reading under bursty arrivals."""
 
     @property
-    def demand(self) -> int:
-        return self.busy_slots + self.waiting
+    def demand(self) -> float:
+        """What the count follows: the recent average, or the reading now."""
+        now = self.busy_slots + self.waiting
+        return now if self.average_demand is None else self.average_demand
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +136,9 @@ def decide(
     if cooling:
         reason = f"would go to {stable} but in cooldown after the last change"
         return Decision(signals.model, signals.miners, signals.miners, reason), memory
-    desired = max(stable, signals.miners - policy.scale_down_step)
+    desired = max(stable, math.ceil(signals.miners / policy.max_scale_down_rate))
     reason = (
-        f"demand {signals.demand} needs {stable} over the last {policy.scale_down_window_s:g} s"
+        f"demand {signals.demand:.1f} needs {stable} over the last {policy.scale_down_window_s:g} s"
     )
     return _change(signals, desired, reason, memory, now)
 
@@ -145,10 +151,12 @@ def _wanted(
     demand = signals.demand
     if current and abs(demand / (current * per_miner) - 1) <= policy.tolerance:
         want = current
-        reasons = [f"demand {demand} within {policy.tolerance:.0%} of the target"]
+        reasons = [f"demand {demand:.1f} within {policy.tolerance:.0%} of the target"]
     else:
-        want = math.ceil(demand / per_miner)
-        reasons = [f"demand {demand} (busy {signals.busy_slots}, waiting {signals.waiting})"]
+        want = math.ceil(round(demand / per_miner, 6))
+        reasons = [
+            f"demand {demand:.1f} (now busy {signals.busy_slots}, waiting {signals.waiting})"
+        ]
     trend = _trend(signals)
     if demand and trend > 1 + policy.trend_tolerance:
         factor = min(trend, policy.max_trend_factor)

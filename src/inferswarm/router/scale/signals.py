@@ -12,6 +12,8 @@ from inferswarm.telemetry.timeline import percentile
 
 DEFAULT_WINDOW_S = 10
 """Seconds of latency and arrivals looked at; the trend compares two such windows."""
+DEMAND_WINDOW_S = 5
+"""Seconds over which requests in flight are averaged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,12 @@ class SignalReader:
         ttfts = [v for b in newer for v in b.samples.get(per_model("ttft", model), ())]
         waits = [v for b in newer for v in b.samples.get("queue", ())]
         arrivals = per_model("arrivals", model)
+        in_flight = [
+            b.gauges[per_model("in_flight", model)]
+            for b in recent[-DEMAND_WINDOW_S:]
+            if per_model("in_flight", model) in b.gauges
+        ]
+        in_flight.append(running)  # the reading now, so a step shows at once
         return ModelSignals(
             model=model,
             miners=len(live) + starting,
@@ -48,4 +56,5 @@ class SignalReader:
             queue_wait_p95_s=percentile(waits, 0.95),
             arrivals_per_s=sum(b.counts.get(arrivals, 0) for b in newer) / self.window_s,
             previous_arrivals_per_s=sum(b.counts.get(arrivals, 0) for b in older) / self.window_s,
+            average_demand=sum(in_flight) / len(in_flight),
         )
