@@ -143,6 +143,11 @@ def test_local_autoscaling_follows_a_load_step_without_losing_a_request(net: Net
         gaps = [b - a for a, b in itertools.pairwise(evaluations)]
         assert all(gap >= DOWN_DELAY_S / INTERVAL_S for gap in gaps[-2:]), evaluations
 
+        exposition = httpx.get(net.base_url + "/metrics", timeout=5).text
+        assert f'inferswarm_autoscale_desired_miners{{model="{MODEL}"}} 1.0' in exposition
+        assert f"inferswarm_scale_changes_total {len(ups) + len(downs)}.0" in exposition
+        assert 'inferswarm_autoscale_decisions_total{direction="down"' in exposition
+
         # Every removed miner was drained by the router before it left.
         log = events(net)
         kinds = [(e["kind"], e["miner_name"]) for e in log]
