@@ -23,7 +23,7 @@ LLAMA_WHEEL_STAMP := $(WHEELHOUSE)/.built
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test check lint typecheck install install-dev bench clean llama-wheel system-deps
+.PHONY: up test check lint typecheck install install-dev bench bench-engine clean llama-wheel system-deps
 
 up: $(VENV)/.installed
 	$(BIN)/inferswarm up $(UP_ARGS)
@@ -58,6 +58,9 @@ system-deps:
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/overhead.py
 
+bench-engine: $(VENV)/.installed-dev
+	$(BIN)/python bench/engine.py
+
 llama-wheel: $(LLAMA_WHEEL_STAMP)
 
 $(BIN)/python:
@@ -79,7 +82,7 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 clean:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from inferswarm.cli.access_cmd import audit, bans_app, keys_app, tokens_app
 from inferswarm.cli.bench_cmd import bench
 from inferswarm.cli.mapreduce_cmd import map_reduce
 from inferswarm.cli.miner_cmd import miner
@@ -24,6 +25,10 @@ app.command(help=miner.__doc__)(miner)
 app.command(help=status.__doc__)(status)
 app.command(help=bench.__doc__)(bench)
 app.command(name="map-reduce", help=map_reduce.__doc__)(map_reduce)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(bans_app, name="bans")
+app.command(help=audit.__doc__)(audit)
 
 
 def main() -> None:

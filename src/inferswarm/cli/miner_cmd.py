@@ -32,7 +32,7 @@ DRAIN_TIMEOUT_S = 30.0
 class EngineOptions:
     model: Path | None
     model_name: str | None
-    slots: int
+    slots: int | None
     ctx: int
     threads: int | None
     fake_speed: float
@@ -49,6 +49,7 @@ class EngineOptions:
 
 class EngineKind(StrEnum):
     LLAMACPP = "llamacpp"
+    LLAMA_SEQUENTIAL = "llama-sequential"
     FAKE = "fake"
     OPENAI = "openai"
 
@@ -63,7 +64,8 @@ def miner(
     engine: Annotated[
         EngineKind,
         typer.Option(
-            help="llamacpp runs a GGUF model; openai fronts --upstream; fake is for tests only.",
+            help="llamacpp runs a GGUF model with continuous batching; llama-sequential runs it "
+            "one context per slot (the older engine); openai fronts --upstream; fake is for tests only.",
             envvar="INFERSWARM_ENGINE",
         ),
     ] = EngineKind.LLAMACPP,
@@ -81,8 +83,14 @@ def miner(
         ),
     ] = None,
     slots: Annotated[
-        int, typer.Option(min=1, help="Tasks run at once.", envvar="INFERSWARM_SLOTS")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Tasks run at once (default: llamacpp picks from the model's KV size and free "
+            "memory, at most 8; the other engines run 1).",
+            envvar="INFERSWARM_SLOTS",
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(
@@ -91,7 +99,11 @@ def miner(
     ] = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context window in tokens (llamacpp).")] = 2048,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for llama.cpp (default: cores / slots).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads for llama.cpp (default: all cores; llama-sequential: cores / slots).",
+        ),
     ] = None,
     fake_speed: Annotated[
         float, typer.Option(min=0, help="Fake engine tokens/s (0: instant).")
@@ -160,6 +172,22 @@ def miner(
             help="Also serve the engine directly on this port (for benchmarks and health checks)."
         ),
     ] = None,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Join token from the router's operator (`inferswarm tokens create`).",
+            envvar="INFERSWARM_JOIN_TOKEN",
+            show_default=False,
+        ),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate that signed the router's TLS certificate "
+            "(for https:// routers with a private CA; default: the system's CAs).",
+            envvar="INFERSWARM_CA_CERT",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -209,6 +237,8 @@ def miner(
                 http_port,
                 cache,
                 rebenchmark,
+                join_token,
+                ca_cert,
                 (metrics_host, metrics_port) if metrics_port is not None else None,
             )
         )
@@ -229,6 +259,8 @@ async def _serve(
     http_port: int | None,
     cache: CapabilityCache,
     rebenchmark: bool,
+    join_token: str | None,
+    ca_cert: Path | None,
     metrics_at: tuple[str, int] | None = None,
 ) -> None:
     engine = await _build_engine(kind, options)
@@ -236,7 +268,13 @@ async def _serve(
     if engine.capability is not None:
         log.info("capability: %s", engine.capability)
     agent = MinerAgent(
-        AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name),
+        AgentSettings(
+            router_url=router,
+            miner_id=load_or_create_miner_id(data_dir),
+            name=name,
+            join_token=join_token,
+            ca_cert=ca_cert,
+        ),
         engine,
         probe_hardware(),
     )
@@ -319,7 +357,7 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
             failure_rate=o.fake_failure_rate,
             echo_tag=o.fake_echo_tag,
             context_length=o.ctx,
-            slots=o.slots,
+            slots=o.slots or 1,
         )
         return FakeEngine(config)
     if kind is EngineKind.OPENAI:
@@ -328,13 +366,14 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
         if not o.upstream:
             raise ValueError("--engine openai needs --upstream URL (an OpenAI-compatible server)")
         return await UpstreamEngine.discover(
-            o.upstream, context_length=o.ctx, slots=o.slots, api_key=o.upstream_key
+            o.upstream, context_length=o.ctx, slots=o.slots or 1, api_key=o.upstream_key
         )
-    return await asyncio.to_thread(_llama_engine, o)
+    return await asyncio.to_thread(_llama_engine, o, batched=kind is EngineKind.LLAMACPP)
 
 
-def _llama_engine(o: EngineOptions) -> Engine:
+def _llama_engine(o: EngineOptions, *, batched: bool) -> Engine:
     from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
+    from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
     from inferswarm.miner.models import ModelNotFound, default_model_path
 
     try:
@@ -346,8 +385,8 @@ def _llama_engine(o: EngineOptions) -> Engine:
     config = LlamaConfig(
         model_path=path,
         context_length=o.ctx,
-        slots=o.slots,
+        slots=o.slots or (0 if batched else 1),
         threads=o.threads,
         model_name=o.model_name,
     )
-    return LlamaCppEngine(config)
+    return BatchedLlamaEngine(config) if batched else LlamaCppEngine(config)

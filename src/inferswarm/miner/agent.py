@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
@@ -23,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 
 from inferswarm import __version__
 from inferswarm.miner.coalesce import StreamItem, next_batch
-from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.engines.base import Engine, TaskRejected, TracksCache
 from inferswarm.miner.metrics import MinerStats
 from inferswarm.miner.usage import HostMonitor
 from inferswarm.protocol import (
@@ -47,6 +49,8 @@ from inferswarm.protocol import (
 )
 
 log = logging.getLogger(__name__)
+MAX_REPORTED_PREFIX_BLOCKS = 1024
+"""Heartbeats stay small whatever the cache holds."""
 
 
 class MinerRefused(Exception):
@@ -61,6 +65,20 @@ class AgentSettings:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
     handshake_timeout_s: float = 10.0
+    join_token: str | None = field(default=None, repr=False)
+    """Sent as ``Authorization: Bearer`` when dialling; never logged."""
+    ca_cert: Path | None = None
+    """CA bundle that signed the router's certificate (``wss://``); default: the system's."""
+    max_message_bytes: int = 2**24
+
+    def dial_options(self) -> dict[str, object]:
+        """Keyword arguments for ``websockets.connect``."""
+        options: dict[str, object] = {}
+        if self.join_token:
+            options["additional_headers"] = {"Authorization": f"Bearer {self.join_token}"}
+        if self.ca_cert is not None and gateway_url(self.router_url).startswith("wss:"):
+            options["ssl"] = ssl.create_default_context(cafile=str(self.ca_cert))
+        return options
 
 
 def gateway_url(router_url: str) -> str:
@@ -129,11 +147,24 @@ class MinerAgent:
         delay = self._settings.reconnect_min_s
         while True:
             try:
-                async with websockets.connect(url, max_size=2**24, open_timeout=10) as ws:
+                async with websockets.connect(
+                    url,
+                    max_size=self._settings.max_message_bytes,
+                    open_timeout=10,
+                    **self._settings.dial_options(),  # type: ignore[arg-type]
+                ) as ws:
                     await self._serve(ws)
                     delay = self._settings.reconnect_min_s
             except MinerRefused:
                 raise
+            except ssl.SSLCertVerificationError as exc:
+                log.error(
+                    "cannot verify the TLS certificate of router %s (%s); if it was signed by "
+                    "a private CA, pass --ca-cert CA.pem. Retrying in %.1f s",
+                    url,
+                    exc.verify_message,
+                    delay,
+                )
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
                 log.warning(
                     "router %s unreachable or lost (%s); retrying in %.1f s", url, exc, delay
@@ -265,9 +296,15 @@ class MinerAgent:
                 ram_used_bytes=usage.ram_used_bytes,
                 gpus=usage.gpus or None,
                 tokens_per_s=round(self.stats.tokens_per_s(), 2),
+                prefix_blocks=self._cached_prefixes(),
             )
             await ws.send(encode(beat))
             await asyncio.sleep(self._heartbeat_interval_s)
+
+    def _cached_prefixes(self) -> tuple[int, ...] | None:
+        if not isinstance(self._engine, TracksCache):
+            return None
+        return tuple(sorted(self._engine.cached_prefix_blocks()))[:MAX_REPORTED_PREFIX_BLOCKS]
 
     async def drain(self, timeout_s: float) -> None:
         """Take no new tasks, tell the router, and let running tasks finish

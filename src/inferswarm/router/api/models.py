@@ -12,6 +12,9 @@ router = APIRouter()
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     served = request.app.state.registry.served_models()
+    key = request.state.key
+    if key is not None:  # a key scoped to some models sees only those
+        served = {name: miners for name, miners in served.items() if key.allows(name)}
     started: float = request.app.state.started_at
     data = [
         {
