@@ -107,6 +107,7 @@ def reaping_children(net: Network) -> Iterator[None]:
 
 
 def test_local_autoscaling_follows_a_load_step_without_losing_a_request(net: Network) -> None:
+    net.open_join = False  # the router issues its own miners a join token
     net.start_router(
         *("--autoscale", "local", "--min-miners", "1", "--max-miners", "3"),
         *("--scale-interval", str(INTERVAL_S), "--scale-down-delay", str(DOWN_DELAY_S)),

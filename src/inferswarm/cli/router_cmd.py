@@ -328,7 +328,9 @@ def router(
             provider=autoscale,
             policy=_policy(min_miners, max_miners, ttft_slo, target_utilization, scale_down_delay),
             interval_s=scale_interval,
-            miner_args=tuple(shlex.split(scale_miner_args)),
+            miner_args=tuple(shlex.split(scale_miner_args))
+            + (("--ca-cert", str(tls_cert)) if tls_cert else ()),
+            router_scheme="https" if tls_cert else "http",
             budget=_budget(scale_cpus, scale_memory_mb, scale_miner_cpus, scale_miner_memory_mb),
             command=_command(autoscale, scale_command),
             models=tuple(scale_model or ()),

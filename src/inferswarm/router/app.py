@@ -39,7 +39,7 @@ from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.scale.autoscaler import Autoscaler
-from inferswarm.router.scale.build import build_autoscaler
+from inferswarm.router.scale.build import JoinTokens, build_autoscaler
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
@@ -133,8 +133,9 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         deps.wall_clock,
         settings.policy.value,
     )
+    tokens = JoinTokens(lambda: None if settings.open_join else app.state.access)
     app.state.autoscaler = build_autoscaler(
-        settings, registry, app.state.metrics, deps.clock, deps.wall_clock
+        settings, registry, app.state.metrics, deps.clock, deps.wall_clock, tokens
     )
     install_error_handlers(app)
     app.add_middleware(

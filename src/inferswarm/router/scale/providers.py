@@ -23,6 +23,7 @@ from typing import Protocol
 
 from inferswarm.router.registry import MinerConnection, MinerRegistry
 from inferswarm.router.scale.settings import LocalBudget
+from inferswarm.router.scale.tokens import TokenSource
 from inferswarm.router.schedule import MinerState
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class LocalProvider:
         self,
         router_url: str,
         miner_args: tuple[str, ...],
+        tokens: TokenSource,
         workdir: Path,
         budget: LocalBudget,
         registry: MinerRegistry,
@@ -93,6 +95,7 @@ class LocalProvider:
     ) -> None:
         self._router_url = router_url
         self._args = miner_args
+        self._tokens = tokens
         self._workdir = workdir
         self._budget = budget
         self._registry = registry
@@ -136,6 +139,7 @@ class LocalProvider:
     async def close(self) -> None:
         procs, self._procs = list(self._procs.values()), {}
         await asyncio.gather(*(self._stop(p) for p in procs))
+        await self._tokens.revoke()
 
     async def _spawn(self, count: int) -> str:
         self._reap()
@@ -160,13 +164,17 @@ class LocalProvider:
             *("--data-dir", str(self._workdir / name)),
             *self._args,
         )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        token = await self._tokens.token()
+        if token:  # in the environment, not the command line, where `ps` would show it
+            env["INFERSWARM_JOIN_TOKEN"] = token
         with log_path.open("wb") as sink:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *args,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
                 start_new_session=True,
             )
         self._procs[name] = _Process(name, proc, log_path, self._clock())

@@ -43,6 +43,8 @@ class ScaleSettings:
     """A miner asked for that has not joined by then no longer counts as starting."""
     miner_args: tuple[str, ...] = ()
     """``local``: flags its ``inferswarm miner`` processes start with."""
+    router_scheme: str = "http"
+    """``local``: how its miners dial this router (https when it serves TLS)."""
     budget: LocalBudget | None = None
     """``local``: default, the machine's cores and 80% of its available memory."""
     command: str = ""
