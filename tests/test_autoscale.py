@@ -4,6 +4,9 @@ real fake-engine miner processes under a low -> high -> low load step."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -184,3 +187,18 @@ def test_standby_parks_an_idle_miner_and_activates_it_under_load(net: Network) -
     assert "activated by the router" in proc.output()
     assert load.failures == [], load.failures
     assert load.ok > 0
+
+
+def run_router(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "inferswarm", "router", "--no-auth", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_bad_autoscale_flags_say_what_to_change() -> None:
+    crossed = run_router("--autoscale", "local", "--min-miners", "3", "--max-miners", "2")
+    assert crossed.returncode == 2
+    assert "--max-miners (2) is below --min-miners (3)" in crossed.stderr
+    no_command = run_router("--autoscale", "command")
+    assert no_command.returncode == 2
+    assert "needs --scale-command" in no_command.stderr

@@ -17,6 +17,7 @@ from inferswarm.router.scale.policy import (
     ScalePolicy,
     decide,
 )
+from inferswarm.router.scale.settings import LocalBudget
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scale"
 POLICY = ScalePolicy(
@@ -149,3 +150,13 @@ def test_recorded_load_profile_scales_up_at_once_and_down_after_the_cooldown() -
     for (before, _), (at, decision) in itertools.pairwise(changes):
         if decision.direction is Direction.DOWN:
             assert at - before >= POLICY.scale_down_cooldown_s
+
+
+def test_the_local_budget_fits_miners_by_cores_and_memory() -> None:
+    gib = 2**30
+    assert LocalBudget(cpus=2, memory_bytes=8 * gib, miner_memory_bytes=gib).miners() == 2
+    assert LocalBudget(cpus=8, memory_bytes=3 * gib, miner_memory_bytes=gib).miners() == 3
+    assert (
+        LocalBudget(cpus=2, memory_bytes=gib, miner_cpus=0.25, miner_memory_bytes=gib // 8).miners()
+        == 8
+    )

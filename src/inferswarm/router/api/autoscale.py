@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from inferswarm.openai_compat.errors import NotFound
-from inferswarm.router.scale.autoscaler import Autoscaler, DecisionRecord
+from inferswarm.router.scale.autoscaler import DECISIONS_KEPT, Autoscaler, DecisionRecord
 
 router = APIRouter()
 
 
 @router.get("/v1/autoscale")
-async def autoscale_state(request: Request, limit: int = 50) -> dict[str, Any]:
+async def autoscale_state(
+    request: Request, limit: Annotated[int, Query(ge=1, le=DECISIONS_KEPT)] = 50
+) -> dict[str, Any]:
     scaler: Autoscaler | None = request.app.state.autoscaler
     if scaler is None:
         raise NotFound(
