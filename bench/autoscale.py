@@ -304,12 +304,9 @@ def main() -> None:
     console.print(table)
     plot(runs, args.slo, duration, PLOT)
     settings = {**vars(args), "record": str(args.record), "profile": PROFILE}
-    series = {
-        run.setup.name: {"miners": run.miners, "p95_ttft": rolling_p95(run, duration)}
-        for run in runs
-    }
-    decisions = runs[0].decisions
-    write_results(RESULTS, "autoscale", settings, rows, series=series, decisions=decisions)
+    # The changes the autoscaler made; every evaluation, with its signals, is in --record.
+    changes = [d for d in runs[0].decisions if d["direction"] != "hold"]
+    write_results(RESULTS, "autoscale", settings, rows, autoscaler_changes=changes)
     if args.record:
         record(runs[0], args.record)
     failures = [o.failed for run in runs for o in run.outcomes if o.failed]

@@ -182,8 +182,9 @@ async def test_the_command_provider_runs_the_operator_command_with_count_and_mod
     script = f"{sys.executable} -c \"import sys; open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + chr(10))\" {calls} {{model}} {{count}} {{miners}}"
     world = World(command=script)
     await world.scaler.provider.start(1)
-    assert calls.read_text().splitlines() == ["m 1 "]  # no miners drained
-    world.clock.now += 1
+    assert not calls.exists()  # no command before the first evaluation has counted miners
+    await world.tick()
+    assert calls.read_text().splitlines() == ["m 1 "]  # up to the minimum; none drained
     await world.join("one")
     world.metrics.running_by_model[MODEL] = 3
     await world.tick()
@@ -192,3 +193,14 @@ async def test_the_command_provider_runs_the_operator_command_with_count_and_mod
     await world.tick()
     assert len(calls.read_text().splitlines()) == 2
     assert world.scaler.decisions[-1].signals.miners == 3
+    # Demand gone: after the cooldown one miner is drained, then the command is told the
+    # new count and which miner to stop (the newest of the idle ones).
+    await world.join("two")
+    world.clock.now += 0.1
+    await world.join("three")
+    world.metrics.running_by_model[MODEL] = 0
+    for _ in range(6):
+        await world.tick()
+    await world.scaler.released()
+    assert calls.read_text().splitlines()[2] == "m 2 three"
+    assert world.states()["three"] == "draining"

@@ -111,6 +111,10 @@ class Autoscaler:
             except Exception:
                 log.exception("autoscaler evaluation failed; will try again")
 
+    async def released(self) -> None:
+        """Wait until the miners being drained have been released."""
+        await asyncio.gather(*self._releases)
+
     async def close(self) -> None:
         for release in list(self._releases):
             release.cancel()

@@ -263,8 +263,9 @@ class CommandProvider:
         return None
 
     async def start(self, count: int) -> None:
-        for model in self._models:
-            await self._run(model, count, [])
+        # Nothing yet: the first evaluation brings each model up to the minimum, and
+        # miners already running (a router restart) are counted before any command runs.
+        return None
 
     async def grow(self, model: str, count: int, now: float) -> str:
         live = sum(
