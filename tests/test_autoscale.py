@@ -202,3 +202,17 @@ def test_bad_autoscale_flags_say_what_to_change() -> None:
     no_command = run_router("--autoscale", "command")
     assert no_command.returncode == 2
     assert "needs --scale-command" in no_command.stderr
+
+
+def test_a_local_miner_that_cannot_start_is_reported_in_the_router_log(net: Network) -> None:
+    net.start_router(
+        *("--autoscale", "local", "--scale-interval", "0.5"),
+        *("--scale-miner-args", "--engine fake --no-such-flag"),
+    )
+    with reaping_children(net):
+        deadline = time.monotonic() + 30
+        assert net.router is not None
+        while "exited with code 2" not in net.router.output():
+            assert time.monotonic() < deadline, net.router.output()[-3000:]
+            time.sleep(0.2)
+        assert "No such option" in net.router.output()

@@ -132,7 +132,10 @@ class Autoscaler:
     async def evaluate(self) -> list[DecisionRecord]:
         """One round over every model; what was decided."""
         self.evaluations += 1
-        return [await self._evaluate(model) for model in sorted(self.models())]
+        models = self.models()
+        if not models:  # nothing joined yet, or the first miners died: start them again
+            await self.provider.start(self.policy.min_miners)
+        return [await self._evaluate(model) for model in sorted(models)]
 
     async def _evaluate(self, model: str) -> DecisionRecord:
         now = self._clock()

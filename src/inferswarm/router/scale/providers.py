@@ -49,7 +49,8 @@ class Provider(Protocol):
         ...
 
     async def start(self, count: int) -> None:
-        """Bring up the first ``count`` miners, before any model is known."""
+        """Bring up the first ``count`` miners, before any model is known (called
+        again while no model is known, e.g. when the first miners crashed)."""
         ...
 
     async def grow(self, model: str, count: int, now: float) -> str: ...
@@ -126,7 +127,8 @@ class LocalProvider:
         return max(0, self._budget.miners() - len(self._procs))
 
     async def start(self, count: int) -> None:
-        await self._spawn(count)
+        self._reap()
+        await self._spawn(count - len(self._procs))
 
     async def grow(self, model: str, count: int, now: float) -> str:
         return await self._spawn(count)
@@ -142,6 +144,8 @@ class LocalProvider:
         await self._tokens.revoke()
 
     async def _spawn(self, count: int) -> str:
+        if count <= 0:
+            return ""
         self._reap()
         room = self._budget.miners() - len(self._procs)
         if room < count:
