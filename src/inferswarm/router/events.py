@@ -28,6 +28,8 @@ class EventKind(StrEnum):
     QUARANTINE = "quarantine"
     RELEASE = "release"
     """A quarantined miner passed its canaries and is back on probation."""
+    SCALE = "scale"
+    """The autoscaler changed the miner count (not about one miner)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ class MinerState(StrEnum):
     DRAINING = "draining"
     QUARANTINED = "quarantined"
     """Shown, never scheduled: the registry reports it from the reputation book."""
+    PARKED = "parked"
+    """Standby autoscaling holds it in reserve: connected, offered no work."""
 
 
 MIN_REPUTATION_WEIGHT = 0.1

@@ -9,11 +9,12 @@ reputation book and writes the ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,6 +47,8 @@ CANARIES_PER_MODEL = 64
 CANARY_TIMEOUT_S = 60.0
 PROBATION_INTERVAL_S = 1.0
 VERIFICATION_TENANT = "inferswarm-verification"
+LEDGER_FLUSH_S = 5.0
+"""On shutdown, how long queued ledger writes may take to finish."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class Verifier:
         self._canaries: dict[str, deque[Canary]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[VerdictListener] = []
+        # Ledger writes in order (a verdict after its result), by one writer.
+        self._ledger: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self.spot_checks = 0
         registry.on_result(self._on_result)
 
@@ -124,14 +129,29 @@ class Verifier:
         self._store = store
         await self._registry.book.attach(store)
         self._spawn(self._probation())
+        self._spawn(self._write_ledger())
 
     async def stop(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ledger.join(), LEDGER_FLUSH_S)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        while not self._ledger.empty():  # not written in time: dropped, never left unawaited
+            self._ledger.get_nowait().close()
         await self._registry.book.flush()
 
     # the ledger
+
+    async def _write_ledger(self) -> None:
+        while True:
+            write = await self._ledger.get()
+            try:
+                await write
+            except Exception:
+                log.exception("a ledger write failed; the result stays unrecorded")
+            finally:
+                self._ledger.task_done()
 
     def _on_result(self, conn: MinerConnection, done: TaskDone) -> None:
         self._runs[done.task_id] = Run(conn.miner_id, done.task_id, done.model_hash)
@@ -149,7 +169,7 @@ class Verifier:
             public_key=conn.info.public_key,
             created_at=int(time.time()),
         )
-        self._spawn(self._store.record_result(record))
+        self._ledger.put_nowait(self._store.record_result(record))
 
     def _mark(self, runs: list[Run], verdict: Verdict) -> None:
         if self._store is None:
@@ -159,7 +179,7 @@ class Verifier:
             label = "agreed" if agreed else verdict.status.value
             if verdict.trusted and run.miner_id in verdict.disagreeing:
                 label = "rejected"
-            self._spawn(self._store.set_result_verdict(run.task_id, label))
+            self._ledger.put_nowait(self._store.set_result_verdict(run.task_id, label))
 
     # redundant execution
 
