@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 from inferswarm.protocol import PROTOCOL_VERSION
 from inferswarm.router.app import create_app
 from inferswarm.router.settings import RouterSettings
+from signed import answer_challenge, with_identity
 
 REGISTER = {
     "type": "register",
@@ -28,6 +29,14 @@ REGISTER = {
     "models": [{"name": "fake-model", "context_length": 100}],
     "slots": 1,
 }
+
+
+def register(ws: Any, **fields: Any) -> str:
+    """Register under a fresh key and answer the challenge; the router's last reply."""
+    frame, identity = with_identity({**REGISTER, **fields})
+    ws.send_text(json.dumps(frame))
+    return answer_challenge(identity, ws.receive_text, ws.send_text)
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -69,8 +78,7 @@ def test_the_router_survives_any_frame(tmp_path: Path) -> None:
         @given(frame=frames)
         def one_frame(frame: str) -> None:
             with client.websocket_connect("/miner/ws") as ws:
-                ws.send_text(json.dumps(REGISTER))
-                assert json.loads(ws.receive_text())["type"] == "registered"
+                assert json.loads(register(ws))["type"] == "registered"
                 ws.send_text(frame)
                 ws.send_text(json.dumps({"type": "heartbeat", "busy_slots": 0, "queued_tasks": 0}))
             assert client.get("/healthz").json()["status"] == "ok"
@@ -81,8 +89,7 @@ def test_the_router_survives_any_frame(tmp_path: Path) -> None:
 def test_frames_about_other_miners_tasks_are_ignored(tmp_path: Path) -> None:
     app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
-        ws.send_text(json.dumps(REGISTER))
-        ws.receive_text()
+        register(ws)
         for frame in (
             {"type": "chunk", "task_id": "task-not-yours", "text": "spoof", "tokens": 1},
             {
@@ -101,11 +108,9 @@ def test_frames_about_other_miners_tasks_are_ignored(tmp_path: Path) -> None:
 def test_a_bad_frame_closes_only_that_connection(tmp_path: Path) -> None:
     app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as good:
-        good.send_text(json.dumps(REGISTER))
-        good.receive_text()
+        register(good)
         with client.websocket_connect("/miner/ws") as bad:
-            bad.send_text(json.dumps({**REGISTER, "miner_id": "m-bad", "name": "bad"}))
-            bad.receive_text()
+            register(bad, name="bad")
             bad.send_text("{garbage")
             with contextlib.suppress(WebSocketDisconnect):
                 bad.receive_text()  # the router closes it
@@ -116,8 +121,7 @@ def test_a_bad_frame_closes_only_that_connection(tmp_path: Path) -> None:
 def test_a_miner_flooding_frames_does_not_disturb_the_router(tmp_path: Path) -> None:
     app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
-        ws.send_text(json.dumps(REGISTER))
-        ws.receive_text()
+        register(ws)
         beat = json.dumps({"type": "heartbeat", "busy_slots": 0, "queued_tasks": 0})
         spoof = json.dumps({"type": "chunk", "task_id": "nobody", "text": "x" * 1000, "tokens": 1})
         for index in range(5000):

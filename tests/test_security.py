@@ -37,6 +37,7 @@ from inferswarm.protocol import (
     parse_router_message,
 )
 from netutil import Network, network
+from signed import signed, with_identity
 from tlsutil import make_certificates
 
 MODEL = "fake-model"
@@ -313,7 +314,17 @@ def test_a_miner_sees_only_the_task(tmp_path: Path) -> None:
         net.start_router()
         frames: list[str] = []
         with connect(net.base_url.replace("http", "ws") + "/miner/ws") as ws:
-            ws.send(encode(fake_registration()))
+            frame, identity = with_identity(json.loads(encode(fake_registration())))
+            ws.send(json.dumps(frame))
+            frames.append(str(ws.recv(timeout=5)))  # the challenge
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "challenge_answer",
+                        "signature": identity.answer_challenge(json.loads(frames[0])["nonce"]),
+                    }
+                )
+            )
             frames.append(str(ws.recv(timeout=5)))
 
             def serve_one_task() -> None:
@@ -329,7 +340,7 @@ def test_a_miner_sees_only_the_task(tmp_path: Path) -> None:
                             prompt_tokens=3,
                             completion_tokens=1,
                         )
-                        ws.send(encode(done))
+                        ws.send(encode(signed(identity, done, "ok")))
                         return
 
             miner = threading.Thread(target=serve_one_task)
@@ -351,7 +362,8 @@ def test_a_miner_sees_only_the_task(tmp_path: Path) -> None:
     for private in ("isk-client-secret-key", "key-", "alice@example.com", "client-7", "127.0.0.1"):
         assert private not in sent, f"{private!r} reached the miner"
     task = json.loads(frames[-1])
-    assert set(task) <= {"type", "task_id", "model", "prompt", "messages", "sampling", "resume"}
+    allowed = {"type", "task_id", "model", "prompt", "messages", "sampling", "resume", "model_hash"}
+    assert set(task) <= allowed
 
 
 def test_tls_on_the_client_api_and_the_miner_gateway(tmp_path: Path) -> None:
