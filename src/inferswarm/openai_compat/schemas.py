@@ -30,6 +30,8 @@ class InferswarmOptions(BaseModel):
     policy: str | None = None
     session: str | None = Field(default=None, max_length=256)
     hedge: bool | None = None
+    min_precision: str | None = Field(default=None, max_length=32)
+    """Serve only with a variant at least this precise (e.g. ``q8_0``)."""
 
 
 class _Request(BaseModel):

@@ -29,8 +29,16 @@ from inferswarm.protocol.messages import (
     parse_miner_message,
     parse_router_message,
 )
+from inferswarm.protocol.variants import (
+    BITS_PER_WEIGHT,
+    ModelRef,
+    known_variants,
+    precision_bits,
+    split_model_name,
+)
 
 __all__ = [
+    "BITS_PER_WEIGHT",
     "PROTOCOL_VERSION",
     "Capability",
     "ChatMessage",
@@ -45,6 +53,7 @@ __all__ = [
     "MinerMessage",
     "ModelName",
     "ModelOffer",
+    "ModelRef",
     "Refused",
     "Register",
     "Registered",
@@ -58,6 +67,9 @@ __all__ = [
     "TaskFailed",
     "TaskId",
     "encode",
+    "known_variants",
     "parse_miner_message",
     "parse_router_message",
+    "precision_bits",
+    "split_model_name",
 ]
