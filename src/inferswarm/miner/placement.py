@@ -69,7 +69,8 @@ def plan_placement(
 ) -> Placement:
     """Per family (in the order first seen), the most precise variant that fits
     what memory is left and meets ``limits.min_tokens_per_s``; if none is
-    fast enough, the fastest that fits."""
+    fast enough, the fastest that fits. With GPUs, variants that fit wholly
+    in VRAM come first."""
     keep = 1 - limits.margin
     ram_left = int(_ram_for_models(hardware, limits) * keep)
     vram_left = int(sum(gpu.memory_bytes for gpu in hardware.gpus) * keep)
@@ -115,6 +116,11 @@ def _choose_variant(
             continue
         speed = _speed(entry, layers, reference)
         fitting.append(PlacedModel(entry, need, layers, speed))
+    # A variant wholly in VRAM beats a more precise one split with the CPU,
+    # which runs at the CPU's pace.
+    on_gpu = [m for m in fitting if m.gpu_layers and m.gpu_layers == m.entry.layers]
+    if on_gpu:
+        fitting = on_gpu + [m for m in fitting if m not in on_gpu]
     for model in fitting:  # most precise first
         if model.estimated_tokens_per_s is None or (
             model.estimated_tokens_per_s >= limits.min_tokens_per_s

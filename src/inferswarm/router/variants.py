@@ -43,7 +43,7 @@ def resolve_variants(
         family, variant = split_model_name(requested)
         matching = [] if variant else [n for n in served if split_model_name(n).family == family]
     if not matching:
-        return Resolution((), f"no live miner serves the model {requested!r}")
+        return Resolution((), f"no connected miner serves model {requested!r}")
     ranked = sorted(matching, key=lambda n: (-_bits(n), n))
     if floor is None:
         return Resolution(tuple(ranked))
