@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,13 +34,15 @@ def models(
     if response.status_code != 200:
         typer.echo(f"The router answered {response.status_code}: {response.text}", err=True)
         raise typer.Exit(1)
-    Console().print(models_table(response.json()["data"]))
+    _console().print(models_table(response.json()["data"]))
 
 
 def models_table(entries: list[dict[str, Any]]) -> Table:
     table = Table(title="Models")
-    for column in ("model", "variant", "miners", "slots (busy)", "tokens/s", "context", "memory"):
-        table.add_column(column, justify="left" if column in ("model", "variant") else "right")
+    table.add_column("model", no_wrap=True)
+    table.add_column("variant")
+    for column in ("miners", "slots (busy)", "tokens/s", "context", "memory"):
+        table.add_column(column, justify="right")
     for entry in entries:
         variant = entry.get("variant") or ", ".join(
             v.partition(":")[2] for v in entry.get("variants", [])
@@ -133,7 +136,7 @@ def quality(
         "prompt tok/s",
         "gen tok/s",
     ):
-        table.add_column(column, justify="left" if column == "variant" else "right")
+        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     with Progress(transient=True) as progress:
         task = progress.add_task("measuring", total=len(files))
         for path in files:
@@ -149,4 +152,9 @@ def quality(
                 f"{result.generation_tokens_per_s:.1f}",
             )
             progress.advance(task)
-    Console(width=120).print(table)
+    _console().print(table)
+
+
+def _console() -> Console:
+    """Full width on a terminal; wide enough for whole model names in a pipe or file."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
