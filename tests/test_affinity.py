@@ -34,6 +34,17 @@ def test_a_miner_holds_as_many_prompts_as_it_has_slots() -> None:
     assert index.view()[1] == {B} and len(index) == 3
 
 
+def test_a_reported_cache_replaces_the_guess_and_new_work_adds_to_it() -> None:
+    index = PrefixIndex()
+    index.record(A, (1, 2), keep=2)
+    index.replace(A, (7, 8))  # the heartbeat says: the cache holds these, not 1 and 2
+    assert index.view() == {7: {A}, 8: {A}}
+    index.record(A, (9,), keep=2)  # sent since the report; the next report confirms or not
+    assert index.view()[9] == {A} and index.view()[7] == {A}
+    index.replace(A, ())
+    assert index.view() == {}
+
+
 def test_sessions_are_bounded() -> None:
     sessions = SessionMap(capacity=2)
     sessions.record("x", A)

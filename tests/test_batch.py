@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from inferswarm.router.segment.batch import BatchShare, batch_budget, read_batch_input
 from inferswarm.storage import TaskState
@@ -162,6 +163,15 @@ def test_a_batch_runs_end_to_end_with_the_openai_client(batch_net: Network) -> N
 
         listed = client.batches.list(limit=5)
         assert [b.id for b in listed.data] == [batch.id]
+    exposition = httpx.get(batch_net.base_url + "/metrics", timeout=10).text
+    served = sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "inferswarm_requests"
+        for sample in family.samples
+        if sample.name == "inferswarm_requests_total" and sample.labels.get("outcome") == "ok"
+    )
+    assert served == 40, "batch tasks are measured like requests"
 
 
 def test_a_cancelled_batch_stops_and_keeps_what_finished(net: Network) -> None:

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -198,9 +200,10 @@ def test_map_reduce_cli_digests_a_long_text_on_real_miners(
 ) -> None:
     from pydoc_data.topics import topics
 
-    text = "\n\n".join(topics[name] for name in ("assert", "break", "continue", "del", "pass"))
+    names = ("assert", "break", "continue", "del", "pass", "return", "global", "nonlocal", "for")
+    text = "\n\n".join(topics[name] for name in names)
     document_tokens = tokens_of(text)
-    assert document_tokens > 1000, "more than fits the miners' 1,024-token contexts with answers"
+    assert document_tokens > 1200, "more than fits the miners' 1,024-token contexts with answers"
     source = tmp_path / "doc.txt"
     source.write_text(text)
     run = subprocess.run(
@@ -303,3 +306,59 @@ def test_a_real_stream_continues_on_another_miner_when_its_miner_is_killed(tmp_p
     # Greedy decoding continued from the text so far gives the same answer as
     # the uninterrupted run: no text repeated, none missing.
     assert migrated == whole.choices[0].text
+
+
+def test_concurrent_streams_on_batching_miners_match_solo_answers(
+    api: openai.OpenAI, llama_net: Network
+) -> None:
+    """Continuous batching: many streams at once, each the answer it gets alone."""
+    assert all(m["slots"] == 8 for m in llama_net.miners())  # chosen from memory
+    prompts = [f"Fact number {n} about the ocean:" for n in range(6)]
+
+    def solo(prompt: str) -> str:
+        reply = api.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0)
+        return reply.choices[0].text
+
+    def streamed(prompt: str) -> str:
+        stream = api.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stream=True
+        )
+        return "".join(c.choices[0].text for c in stream if c.choices)
+
+    expected = [solo(p) for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(streamed, prompts)) == expected
+
+
+def test_miners_report_their_real_cache_and_cache_aware_routing_follows_it(
+    llama_net: Network,
+) -> None:
+    system = "You are a careful assistant for questions about rivers and lakes. " * 12
+    url = llama_net.base_url + "/v1/chat/completions"
+
+    def ask(question: str) -> str:
+        body = {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ],
+            "max_tokens": 2,
+            "temperature": 0,
+            "inferswarm": {"policy": "cache_aware"},
+        }
+        response = httpx.post(url, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.headers["x-inferswarm-miner-id"]
+
+    first = ask("Which river is longest?")
+
+    def reported() -> int:
+        miners = {m["id"]: m for m in llama_net.miners()}
+        return int(miners[first]["cached_prefix_blocks"] or 0)
+
+    deadline = time.monotonic() + 10
+    while reported() < 2:  # the system prompt alone is over 2 blocks of 256 characters
+        assert time.monotonic() < deadline, "the miner never reported the prompt it holds"
+        time.sleep(0.2)
+    assert ask("Which lake is deepest?") == first

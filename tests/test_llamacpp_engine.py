@@ -1,4 +1,4 @@
-"""The llama.cpp engine in process: cancellation and limits."""
+"""Both llama.cpp engines in process: cancellation and limits."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ from contextlib import aclosing
 
 import pytest
 
-from inferswarm.miner.engines.base import TaskRejected
+from inferswarm.miner.engines.base import Engine, TaskRejected
 from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
+from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
 from inferswarm.miner.models import default_model_path
 from inferswarm.protocol import ModelName, SamplingParams, TaskAssign, TaskChunk, TaskDone, TaskId
 
 pytestmark = pytest.mark.llama
 
 
-@pytest.fixture
-async def engine() -> AsyncIterator[LlamaCppEngine]:
+@pytest.fixture(params=[BatchedLlamaEngine, LlamaCppEngine])
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     built = await asyncio.to_thread(
-        LlamaCppEngine, LlamaConfig(default_model_path(), context_length=512, slots=1, threads=2)
+        request.param, LlamaConfig(default_model_path(), context_length=512, slots=1, threads=1)
     )
     yield built
     await built.close()
@@ -34,7 +35,7 @@ def task(prompt: str, max_tokens: int | None, task_id: str = "t") -> TaskAssign:
     )
 
 
-async def test_closing_the_stream_frees_the_only_slot(engine: LlamaCppEngine) -> None:
+async def test_closing_the_stream_frees_the_only_slot(engine: Engine) -> None:
     async with aclosing(
         engine.generate(task("The history of the Roman Empire begins", 400))
     ) as events:
@@ -54,7 +55,7 @@ async def test_closing_the_stream_frees_the_only_slot(engine: LlamaCppEngine) ->
     assert done.completion_tokens == 3
 
 
-async def test_too_long_a_prompt_is_rejected_and_not_retryable(engine: LlamaCppEngine) -> None:
+async def test_too_long_a_prompt_is_rejected_and_not_retryable(engine: Engine) -> None:
     with pytest.raises(TaskRejected) as rejected:
         async for _ in engine.generate(task("word " * 600, 10)):
             pass
@@ -62,7 +63,7 @@ async def test_too_long_a_prompt_is_rejected_and_not_retryable(engine: LlamaCppE
     assert not rejected.value.retryable
 
 
-async def test_unlimited_max_tokens_stops_at_the_context(engine: LlamaCppEngine) -> None:
+async def test_unlimited_max_tokens_stops_at_the_context(engine: Engine) -> None:
     last = None
     async for event in engine.generate(task("a b c", None)):
         last = event

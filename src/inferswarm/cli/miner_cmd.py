@@ -36,7 +36,7 @@ DRAIN_TIMEOUT_S = 30.0
 class EngineOptions:
     model: Path | None
     model_name: str | None
-    slots: int
+    slots: int | None
     ctx: int
     threads: int | None
     fake_speed: float
@@ -57,6 +57,7 @@ class EngineOptions:
 
 class EngineKind(StrEnum):
     LLAMACPP = "llamacpp"
+    LLAMA_SEQUENTIAL = "llama-sequential"
     FAKE = "fake"
     OPENAI = "openai"
 
@@ -71,7 +72,8 @@ def miner(
     engine: Annotated[
         EngineKind,
         typer.Option(
-            help="llamacpp runs a GGUF model; openai fronts --upstream; fake is for tests only.",
+            help="llamacpp runs a GGUF model with continuous batching; llama-sequential runs it "
+            "one context per slot (the older engine); openai fronts --upstream; fake is for tests only.",
             envvar="INFERSWARM_ENGINE",
         ),
     ] = EngineKind.LLAMACPP,
@@ -110,8 +112,14 @@ def miner(
         ),
     ] = None,
     slots: Annotated[
-        int, typer.Option(min=1, help="Tasks run at once.", envvar="INFERSWARM_SLOTS")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Tasks run at once (default: llamacpp picks from the model's KV size and free "
+            "memory, at most 8; the other engines run 1).",
+            envvar="INFERSWARM_SLOTS",
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(
@@ -120,7 +128,11 @@ def miner(
     ] = None,
     ctx: Annotated[int, typer.Option(min=64, help="Context window in tokens (llamacpp).")] = 2048,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for llama.cpp (default: cores / slots).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads for llama.cpp (default: all cores; llama-sequential: cores / slots).",
+        ),
     ] = None,
     fake_speed: Annotated[
         float, typer.Option(min=0, help="Fake engine tokens/s (0: instant).")
@@ -358,7 +370,7 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
             failure_rate=o.fake_failure_rate,
             echo_tag=o.fake_echo_tag,
             context_length=o.ctx,
-            slots=o.slots,
+            slots=o.slots or 1,
         )
         return FakeEngine(config)
     if kind is EngineKind.OPENAI:
@@ -367,17 +379,18 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
         if not o.upstream:
             raise ValueError("--engine openai needs --upstream URL (an OpenAI-compatible server)")
         return await UpstreamEngine.discover(
-            o.upstream, context_length=o.ctx, slots=o.slots, api_key=o.upstream_key
+            o.upstream, context_length=o.ctx, slots=o.slots or 1, api_key=o.upstream_key
         )
-    return await asyncio.to_thread(_llama_engine, o)
+    return await asyncio.to_thread(_llama_engine, o, batched=kind is EngineKind.LLAMACPP)
 
 
-def _llama_engine(o: EngineOptions) -> Engine:
+def _llama_engine(o: EngineOptions, *, batched: bool) -> Engine:
     from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
+    from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
     from inferswarm.miner.models import default_model_path
 
     if o.models is not None:
-        return _placed_engine(o)
+        return _placed_engine(o, batched=batched)
     try:
         path = o.model or default_model_path()
     except ModelNotFound as exc:
@@ -387,17 +400,18 @@ def _llama_engine(o: EngineOptions) -> Engine:
     config = LlamaConfig(
         model_path=path,
         context_length=o.ctx,
-        slots=o.slots,
+        slots=o.slots or (0 if batched else 1),
         threads=o.threads,
         model_name=o.model_name,
     )
-    return LlamaCppEngine(config)
+    return BatchedLlamaEngine(config) if batched else LlamaCppEngine(config)
 
 
-def _placed_engine(o: EngineOptions) -> Engine:
+def _placed_engine(o: EngineOptions, *, batched: bool) -> Engine:
     """Load what ``plan_placement`` chooses among ``--models`` for this machine."""
     from inferswarm.miner.catalog import Catalog, find_gguf_files
     from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
+    from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
     from inferswarm.miner.models import shipped_model_paths
     from inferswarm.miner.placement import PlacementLimits, plan_placement
 
@@ -413,7 +427,9 @@ def _placed_engine(o: EngineOptions) -> Engine:
     entries = Catalog(o.cache_dir / "catalog.json").entries(
         dict.fromkeys(p.resolve() for p in paths)
     )
-    limits = PlacementLimits(context_length=o.ctx, slots=o.slots, memory_limit_bytes=o.memory_limit)
+    # Placement sizes the KV cache, so slots are fixed here (default 1), not chosen later.
+    slots = o.slots or 1
+    limits = PlacementLimits(context_length=o.ctx, slots=slots, memory_limit_bytes=o.memory_limit)
     placement = plan_placement(probe_hardware(), entries, limits)
     for name, why in placement.skipped:
         log.info("not loading %s: %s", name, why)
@@ -434,10 +450,10 @@ def _placed_engine(o: EngineOptions) -> Engine:
         config = LlamaConfig(
             model_path=model.entry.path,
             context_length=o.ctx,
-            slots=o.slots,
+            slots=slots,
             threads=o.threads,
             gpu_layers=model.gpu_layers,
             entry=model.entry,
         )
-        engines.append(LlamaCppEngine(config))
+        engines.append(BatchedLlamaEngine(config) if batched else LlamaCppEngine(config))
     return engines[0] if len(engines) == 1 else MultiModelEngine(engines)

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 
 from inferswarm import __version__
 from inferswarm.miner.coalesce import StreamItem, next_batch
-from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.engines.base import Engine, TaskRejected, TracksCache
 from inferswarm.miner.metrics import MinerStats
 from inferswarm.miner.usage import HostMonitor
 from inferswarm.protocol import (
@@ -46,6 +46,8 @@ from inferswarm.protocol import (
 )
 
 log = logging.getLogger(__name__)
+MAX_REPORTED_PREFIX_BLOCKS = 1024
+"""Heartbeats stay small whatever the cache holds."""
 
 
 class MinerRefused(Exception):
@@ -255,9 +257,15 @@ class MinerAgent:
                 ram_used_bytes=usage.ram_used_bytes,
                 gpus=usage.gpus or None,
                 tokens_per_s=round(self.stats.tokens_per_s(), 2),
+                prefix_blocks=self._cached_prefixes(),
             )
             await ws.send(encode(beat))
             await asyncio.sleep(interval_s)
+
+    def _cached_prefixes(self) -> tuple[int, ...] | None:
+        if not isinstance(self._engine, TracksCache):
+            return None
+        return tuple(sorted(self._engine.cached_prefix_blocks()))[:MAX_REPORTED_PREFIX_BLOCKS]
 
     async def drain(self, timeout_s: float) -> None:
         """Take no new tasks, tell the router, and let running tasks finish

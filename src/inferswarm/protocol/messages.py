@@ -152,6 +152,9 @@ class Heartbeat(_Message):
     gpus: tuple[GpuUsage, ...] | None = None
     tokens_per_s: float | None = Field(default=None, ge=0)
     """Tokens the miner generated per second over its last few seconds."""
+    prefix_blocks: tuple[int, ...] | None = Field(default=None, max_length=1024)
+    """Prefix blocks (``protocol.prefix``) whose KV the engine holds right now;
+    None when the engine does not track its cache."""
 
 
 class ChatMessage(_Message):

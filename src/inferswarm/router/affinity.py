@@ -4,31 +4,24 @@ used entries, so memory stays bounded whatever the traffic."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 
 from inferswarm.protocol import MinerId
+from inferswarm.protocol.prefix import BLOCK_CHARS, MAX_BLOCKS_PER_PROMPT, prefix_blocks
 
-BLOCK_CHARS = 256
-"""Characters per prefix block; about 64 tokens of English."""
 CHARS_PER_TOKEN_UPPER = 6
 """No common tokenizer averages more characters per token than this, so
 len(text) // 6 never overestimates a prompt's tokens."""
-MAX_BLOCKS_PER_PROMPT = 64
 
-
-def prefix_blocks(text: str) -> tuple[int, ...]:
-    """Chained hashes of the prompt's whole leading blocks: block i's hash
-    covers blocks 0..i, so equal hashes mean equal prefixes."""
-    blocks = []
-    digest = hashlib.blake2b(digest_size=8)
-    for start in range(0, min(len(text), BLOCK_CHARS * MAX_BLOCKS_PER_PROMPT), BLOCK_CHARS):
-        block = text[start : start + BLOCK_CHARS]
-        if len(block) < BLOCK_CHARS:
-            break
-        digest.update(block.encode())
-        blocks.append(int.from_bytes(digest.copy().digest(), "big"))
-    return tuple(blocks)
+__all__ = [
+    "BLOCK_CHARS",
+    "CHARS_PER_TOKEN_UPPER",
+    "MAX_BLOCKS_PER_PROMPT",
+    "PrefixIndex",
+    "SessionMap",
+    "min_prompt_tokens",
+    "prefix_blocks",
+]
 
 
 def min_prompt_tokens(text: str) -> int:
@@ -40,7 +33,10 @@ class PrefixIndex:
 
     A miner is assumed to hold the last prompt of each of its slots (each
     llama.cpp context keeps its last sequence's KV cache), so each miner
-    remembers as many recent prompts as it has slots.
+    remembers as many recent prompts as it has slots. A miner whose engine
+    reports what its cache really holds (in heartbeats) is known exactly
+    instead: ``replace`` sets its holdings, and prompts sent since the last
+    report are added on top until the next one.
     """
 
     def __init__(self) -> None:
@@ -60,6 +56,14 @@ class PrefixIndex:
         while len(recent) > keep:
             old, _ = recent.popitem(last=False)
             self._release(miner_id, old, recent)
+
+    def replace(self, miner_id: MinerId, blocks: tuple[int, ...]) -> None:
+        """The miner reported that its cache holds exactly ``blocks``."""
+        self.forget(miner_id)
+        if blocks:
+            self._recent[miner_id] = OrderedDict({blocks: None})
+            for block in blocks:
+                self._add(block, miner_id)
 
     def forget(self, miner_id: MinerId) -> None:
         for blocks in self._recent.pop(miner_id, OrderedDict()):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
+from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import (
     batches,
@@ -29,7 +30,7 @@ from inferswarm.router.api.auth import require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
-from inferswarm.router.dispatch import Dispatcher
+from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
@@ -57,6 +58,11 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     deps = deps or RouterDeps()
     registry = MinerRegistry(deps.clock, settings.heartbeat_timeout_s, deps.wall_clock)
 
+    def measured(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """Batch and map-reduce tasks, counted in the metrics like requests."""
+        metrics: RouterMetrics = app.state.metrics
+        return metrics.measured(app.state.dispatcher, job)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +77,11 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             settings.batch_share,
             retry_delay_s=settings.task_retry_delay_s,
             max_attempts=settings.task_max_attempts,
+            run=measured,
         )
         app.state.batch_runner = runner
         await runner.start()
-        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry)
+        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry, run=measured)
         await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         sampler = asyncio.create_task(_sample_every_second(app.state.metrics))

@@ -38,6 +38,7 @@ from inferswarm.protocol import (
     TaskId,
 )
 from inferswarm.protocol.messages import ChatMessage
+from inferswarm.protocol.prefix import prompt_text
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.affinity import (
     BLOCK_CHARS,
@@ -97,9 +98,7 @@ class Job:
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""
-        if self.prompt is not None:
-            return self.prompt
-        return "".join(f"<{m.role}>\n{m.content}\n" for m in self.messages or ())
+        return prompt_text(self.prompt, self.messages)
 
     def assign(
         self, task_id: TaskId, resume: Resume | None = None, model: ModelName | None = None

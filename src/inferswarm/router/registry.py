@@ -278,6 +278,8 @@ class MinerRegistry:
         if isinstance(message, Heartbeat):
             conn.heartbeat = message
             conn.last_heartbeat_at = conn.last_seen
+            if message.prefix_blocks is not None:  # the engine's real cache, not a guess
+                self.prefixes.replace(conn.miner_id, message.prefix_blocks)
             return
         if isinstance(message, Draining):
             conn.state = MinerState.DRAINING
@@ -325,7 +327,9 @@ class MinerRegistry:
             expected_tokens=expected_tokens,
             concurrency=len(conn.tasks) + 1,
         )
-        self.prefixes.record(miner_id, prefix, keep=conn.info.slots)
+        # A miner that reports its cache keeps its report plus what was sent since.
+        reports = conn.heartbeat is not None and conn.heartbeat.prefix_blocks is not None
+        self.prefixes.record(miner_id, prefix, keep=conn.info.slots + reports)
         if session:
             self.sessions.record(session, miner_id)
         try:

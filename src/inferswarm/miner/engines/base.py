@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from inferswarm.protocol import Capability, FailureCode, ModelOffer, TaskAssign, TaskChunk, TaskDone
 
@@ -46,3 +46,12 @@ class Engine(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TracksCache(Protocol):
+    """An engine that knows which prompt prefixes its KV cache holds."""
+
+    def cached_prefix_blocks(self) -> frozenset[int]:
+        """Prefix blocks (``protocol.prefix``) of the prompts held now."""
+        ...

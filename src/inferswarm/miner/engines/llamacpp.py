@@ -88,7 +88,7 @@ class LlamaCppEngine:
             first = first or llm
             self._contexts.put_nowait(llm)
         assert first is not None
-        self._chat = _chat_formatter(first)
+        self._chat = chat_formatter(first._model)
         self._threads = threads
         self.capability: Capability | None = None
         entry = config.entry
@@ -109,7 +109,7 @@ class LlamaCppEngine:
                 ),
                 has_chat_template=self._chat is not None,
                 capability=self.capability,
-                **_catalog_fields(self.config),
+                **catalog_fields(self.config),
             ),
         )
 
@@ -147,7 +147,9 @@ class LlamaCppEngine:
             )
         llm = await self._contexts.get()
         try:
-            prompt_tokens = self._prompt_tokens(llm, task)
+            prompt_tokens = tokenize_task(
+                llm.tokenize, self._chat, task, self._model_name, self.config.context_length
+            )
         except BaseException:
             self._contexts.put_nowait(llm)
             raise
@@ -183,41 +185,6 @@ class LlamaCppEngine:
             cancelled.set()
             worker.add_done_callback(lambda _: self._contexts.put_nowait(llm))
 
-    def _prompt_tokens(self, llm: Any, task: TaskAssign) -> list[int]:
-        if task.messages is not None:
-            if self._chat is None:
-                raise TaskRejected(
-                    "invalid_request",
-                    f"{self._model_name} has no chat template; use /v1/completions",
-                    retryable=False,
-                )
-            messages = [{"role": m.role, "content": m.content} for m in task.messages]
-            try:
-                prompt = self._chat(messages=messages).prompt
-            except Exception as exc:  # templates may reject role orders
-                raise TaskRejected(
-                    "invalid_request",
-                    f"the model's chat template rejected the messages: {exc}",
-                    retryable=False,
-                ) from exc
-            tokens: list[int] = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        else:
-            tokens = llm.tokenize((task.prompt or "").encode(), add_bos=True, special=False)
-        if task.resume is not None:
-            # A migrated task: what another miner already produced becomes part of
-            # the prompt, and generation goes on from the end of it.
-            tokens += llm.tokenize(task.resume.text.encode(), add_bos=False, special=False)
-        limit = self.config.context_length
-        wanted = task.sampling.max_tokens or 1
-        if len(tokens) + wanted > limit:
-            raise TaskRejected(
-                "context_length_exceeded",
-                f"This model's context window is {limit} tokens, but the prompt has {len(tokens)} tokens "
-                f"and max_tokens asks for {wanted} more. Shorten the prompt or lower max_tokens.",
-                retryable=False,
-            )
-        return tokens
-
     async def close(self) -> None:
         while not self._contexts.empty():
             self._contexts.get_nowait().close()
@@ -227,7 +194,8 @@ BENCH_PROMPT_TOKENS = 128
 BENCH_GENERATED_TOKENS = 32
 
 
-def _catalog_fields(config: LlamaConfig) -> dict[str, Any]:
+def catalog_fields(config: LlamaConfig) -> dict[str, Any]:
+    """The offer's catalog fields (family, size, memory estimate), when known."""
     entry = config.entry
     if entry is None:
         return {}
@@ -279,15 +247,59 @@ def _generation_speed(llm: Any, prompt: list[int]) -> float:
     return BENCH_GENERATED_TOKENS / (time.perf_counter() - started)
 
 
-def _chat_formatter(llm: Any) -> Any:
+def chat_formatter(model: Any) -> Any:
+    """The model's own chat template (from its GGUF metadata), or None."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    template = llm.metadata.get("tokenizer.chat_template")
+    template = model.metadata().get("tokenizer.chat_template")
     if not template:
         return None
-    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
-    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    eos = model.token_get_text(model.token_eos()) if model.token_eos() != -1 else ""
+    bos = model.token_get_text(model.token_bos()) if model.token_bos() != -1 else ""
     return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+
+def tokenize_task(
+    tokenize: Callable[..., list[int]],
+    chat: Any,
+    task: TaskAssign,
+    model_name: str,
+    context_length: int,
+) -> list[int]:
+    """The task's prompt as tokens (chat template applied, resumed text appended);
+    ``TaskRejected`` when it cannot run in ``context_length`` tokens."""
+    if task.messages is not None:
+        if chat is None:
+            raise TaskRejected(
+                "invalid_request",
+                f"{model_name} has no chat template; use /v1/completions",
+                retryable=False,
+            )
+        messages = [{"role": m.role, "content": m.content} for m in task.messages]
+        try:
+            prompt = chat(messages=messages).prompt
+        except Exception as exc:  # templates may reject role orders
+            raise TaskRejected(
+                "invalid_request",
+                f"the model's chat template rejected the messages: {exc}",
+                retryable=False,
+            ) from exc
+        tokens: list[int] = tokenize(prompt.encode(), add_bos=False, special=True)
+    else:
+        tokens = tokenize((task.prompt or "").encode(), add_bos=True, special=False)
+    if task.resume is not None:
+        # A migrated task: what another miner already produced becomes part of
+        # the prompt, and generation goes on from the end of it.
+        tokens += tokenize(task.resume.text.encode(), add_bos=False, special=False)
+    wanted = task.sampling.max_tokens or 1
+    if len(tokens) + wanted > context_length:
+        raise TaskRejected(
+            "context_length_exceeded",
+            f"This model's context window is {context_length} tokens, but the prompt has {len(tokens)} tokens "
+            f"and max_tokens asks for {wanted} more. Shorten the prompt or lower max_tokens.",
+            retryable=False,
+        )
+    return tokens
 
 
 def _generate_blocking(

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
-from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.engines.base import Engine, TaskRejected, TracksCache
 from inferswarm.protocol import Capability, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
 
 
@@ -55,6 +55,11 @@ class MultiModelEngine:
         async with aclosing(engine.generate(task)) as events:
             async for event in events:
                 yield event
+
+    def cached_prefix_blocks(self) -> frozenset[int]:
+        """Prefix blocks held by any engine that tracks its cache."""
+        held = [e.cached_prefix_blocks() for e in self.parts if isinstance(e, TracksCache)]
+        return frozenset().union(*held)
 
     def benchmark_identity(self) -> dict[str, object] | None:
         return None

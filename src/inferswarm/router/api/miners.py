@@ -36,6 +36,11 @@ def describe(conn: MinerConnection, now: float) -> dict[str, Any]:
         "tier": conn.tier,
         "observed_tokens_per_s": conn.speed.observed_generation,
         "observed_ttft_s": conn.speed.observed_ttft_s,
+        "cached_prefix_blocks": (
+            len(heartbeat.prefix_blocks)
+            if heartbeat and heartbeat.prefix_blocks is not None
+            else None
+        ),
         "capability": next((o.capability.model_dump() for o in info.models if o.capability), None),
         "effective_speed": _speed(conn),
         "hardware": info.hardware.model_dump(),

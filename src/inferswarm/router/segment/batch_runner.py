@@ -19,6 +19,7 @@ from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import APIError
 from inferswarm.router.completion import (
     Caller,
+    Runner,
     chat_response,
     collect_all,
     completion_response,
@@ -65,10 +66,14 @@ class BatchRunner:
         clock: Callable[[], float] = time.time,
         retry_delay_s: float = RETRY_DELAY_S,
         max_attempts: int = MAX_ATTEMPTS,
+        run: Runner | None = None,
     ) -> None:
+        """``run`` sends one job (default: the dispatcher directly; the app
+        passes its metrics wrapper so batch tasks are measured like requests)."""
         self._store = store
         self._blobs = blobs
         self._dispatcher = dispatcher
+        self._run = run or dispatcher.run
         self._registry = registry
         self._share = share
         self._clock = clock
@@ -219,12 +224,12 @@ class BatchRunner:
         if batch.endpoint == "/v1/chat/completions":
             chat = schemas.ChatCompletionRequest.model_validate_json(task.body)
             plan = plan_chat(chat, caller, self._registry)
-            results = await collect_all(plan, self._dispatcher.run)
+            results = await collect_all(plan, self._run)
             response = chat_response(f"chatcmpl-{uuid.uuid4().hex}", chat, plan, results)
         else:
             text = schemas.CompletionRequest.model_validate_json(task.body)
             plan = plan_completion(text, caller, self._registry)
-            results = await collect_all(plan, self._dispatcher.run)
+            results = await collect_all(plan, self._run)
             response = completion_response(f"cmpl-{uuid.uuid4().hex}", text, plan, results)
         return output_line(task.custom_id, response)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from inferswarm.openai_compat.errors import APIError, InvalidRequest
 from inferswarm.protocol import ChatMessage, ModelName, SamplingParams
-from inferswarm.router.completion import collect
+from inferswarm.router.completion import Runner, collect
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.segment.mapreduce import (
@@ -71,9 +71,11 @@ class MapReduceRunner:
         dispatcher: Dispatcher,
         registry: MinerRegistry,
         clock: Callable[[], float] = time.time,
+        run: Runner | None = None,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._run_job = run or dispatcher.run
         self._registry = registry
         self._clock = clock
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -216,7 +218,7 @@ class MapReduceRunner:
         )
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                text, done = await collect(self._dispatcher.run(job))
+                text, done = await collect(self._run_job(job))
                 return {
                     "text": text.strip(),
                     "prompt_tokens": done.prompt_tokens,
