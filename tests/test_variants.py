@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inferswarm.protocol import MinerId, ModelName, split_model_name
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants, variant_on
 from inferswarm.router.schedule import (
     MinerState,
     MinerView,
@@ -14,7 +15,6 @@ from inferswarm.router.schedule import (
     TaskNeeds,
     choose_miner,
 )
-from inferswarm.router.variants import UnknownPrecision, resolve_variants, variant_on
 
 Q4 = ModelName("smollm2-135m-instruct:q4_1")
 Q8 = ModelName("smollm2-135m-instruct:q8_0")

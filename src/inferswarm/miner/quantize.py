@@ -97,7 +97,7 @@ def measure_quality(
         tokens=scored,
         perplexity=float(np.exp(nll / scored)),
         prompt_tokens_per_s=scored / eval_s,
-        generation_tokens_per_s=_generation_speed(llm),
+        generation_tokens_per_s=_generation_speed(llm, min(32, window - 2)),
     )
 
 
@@ -108,7 +108,7 @@ def _negative_log_likelihood(np: Any, logits: Any, targets: list[int]) -> float:
     return float((log_norm - picked).sum())
 
 
-def _generation_speed(llm: Any, tokens: int = 32) -> float:
+def _generation_speed(llm: Any, tokens: int) -> float:
     llm.reset()
     began = time.perf_counter()
     produced = 0

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import InvalidRequest, NotFound, PermissionDenied
 from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChunk, TaskDone
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants
 from inferswarm.router.affinity import min_prompt_tokens
 from inferswarm.router.dispatch import Job
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.fanout import Choice, plan_choices
-from inferswarm.router.variants import UnknownPrecision, resolve_variants
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """OpenAI's default for the legacy completions endpoint."""

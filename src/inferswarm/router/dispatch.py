@@ -39,6 +39,7 @@ from inferswarm.protocol import (
 )
 from inferswarm.protocol.messages import ChatMessage
 from inferswarm.protocol.prefix import prompt_text
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants, variant_on
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.affinity import (
     BLOCK_CHARS,
@@ -55,7 +56,6 @@ from inferswarm.router.schedule import (
     TaskNeeds,
     choose_miner,
 )
-from inferswarm.router.variants import UnknownPrecision, resolve_variants, variant_on
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from inferswarm.protocol import (
     TaskId,
     encode,
 )
+from inferswarm.protocol.variants import resolve_variants
 from inferswarm.router.affinity import PrefixIndex, SessionMap
 from inferswarm.router.capacity import SpeedTracker, claimed_speed
 from inferswarm.router.events import EventKind, EventLog
 from inferswarm.router.schedule import MinerState, MinerView, Snapshot, tier_for
-from inferswarm.router.variants import resolve_variants
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from inferswarm.protocol import MinerId, ModelName
-from inferswarm.router.variants import UnknownPrecision, resolve_variants, variant_on
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants, variant_on
 
 SAMPLE_SIZE = 24
 QUEUED_PER_SLOT = 2
