@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -52,10 +53,20 @@ class Network:
     api_key: str | None = None
     procs: list[Proc] = field(default_factory=list)
     router: Proc | None = None
+    auth: bool | None = None
+    """Client API keys required; default: only when ``api_key`` is set (else --no-auth)."""
+    open_join: bool = True
+    """Miners join without a join token (--open-join) unless a test wants tokens."""
+    tls_ca: Path | None = None
+    """With TLS: the CA that signed the router's certificate (https:// URLs)."""
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_ca else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else True
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -88,6 +99,10 @@ class Network:
         ]
         if self.api_key:
             args += ["--api-key", self.api_key]
+        if not (self.api_key is not None if self.auth is None else self.auth):
+            args.append("--no-auth")
+        if self.open_join:
+            args.append("--open-join")
         self.router = self.spawn("router", *args, *extra)
         self.wait_http("/healthz")
         return self.router
@@ -103,14 +118,17 @@ class Network:
         while time.monotonic() < deadline:
             self._fail_if_router_died()
             try:
-                if httpx.get(self.base_url + path, timeout=1).status_code < 500:
+                response = httpx.get(self.base_url + path, timeout=1, verify=self.verify())
+                if response.status_code < 500:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise TimeoutError(f"{path} did not answer within {timeout} s")
 
     def miners(self) -> list[dict[str, object]]:
-        response = httpx.get(self.base_url + "/v1/miners", headers=self.headers(), timeout=5)
+        response = httpx.get(
+            self.base_url + "/v1/miners", headers=self.headers(), timeout=5, verify=self.verify()
+        )
         response.raise_for_status()
         data: list[dict[str, object]] = response.json()["data"]
         return data

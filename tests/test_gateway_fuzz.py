@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -56,8 +57,8 @@ frames = st.one_of(
 )
 
 
-def test_the_router_survives_any_frame() -> None:
-    app = create_app(RouterSettings())
+def test_the_router_survives_any_frame(tmp_path: Path) -> None:
+    app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client:
 
         @settings(
@@ -77,8 +78,8 @@ def test_the_router_survives_any_frame() -> None:
         one_frame()
 
 
-def test_frames_about_other_miners_tasks_are_ignored() -> None:
-    app = create_app(RouterSettings())
+def test_frames_about_other_miners_tasks_are_ignored(tmp_path: Path) -> None:
+    app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
         ws.send_text(json.dumps(REGISTER))
         ws.receive_text()
@@ -97,8 +98,8 @@ def test_frames_about_other_miners_tasks_are_ignored() -> None:
         assert miners[0]["completed"] == 0 and miners[0]["generated_tokens"] == 0
 
 
-def test_a_bad_frame_closes_only_that_connection() -> None:
-    app = create_app(RouterSettings())
+def test_a_bad_frame_closes_only_that_connection(tmp_path: Path) -> None:
+    app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as good:
         good.send_text(json.dumps(REGISTER))
         good.receive_text()
@@ -112,8 +113,8 @@ def test_a_bad_frame_closes_only_that_connection() -> None:
         assert names == ["fuzz"]
 
 
-def test_a_miner_flooding_frames_does_not_disturb_the_router() -> None:
-    app = create_app(RouterSettings())
+def test_a_miner_flooding_frames_does_not_disturb_the_router(tmp_path: Path) -> None:
+    app = create_app(RouterSettings(auth=False, open_join=True, data_dir=tmp_path))
     with TestClient(app) as client, client.websocket_connect("/miner/ws") as ws:
         ws.send_text(json.dumps(REGISTER))
         ws.receive_text()

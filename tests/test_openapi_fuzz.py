@@ -3,13 +3,20 @@ whatever it sends, the router never answers with a 5xx."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
 import schemathesis
 from hypothesis import HealthCheck, settings
 
 from inferswarm.router.app import create_app
 from inferswarm.router.settings import RouterSettings
 
-app = create_app(RouterSettings())
+DATA_DIR = Path(tempfile.mkdtemp(prefix="inferswarm-fuzz-"))
+atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)
+app = create_app(RouterSettings(auth=False, open_join=True, data_dir=DATA_DIR))
 # The dashboard's feed streams until the router drains: no single answer to check.
 schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/v1/network/stream")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from inferswarm.cli.access_cmd import audit, bans_app, keys_app, tokens_app
 from inferswarm.cli.bench_cmd import bench
 from inferswarm.cli.mapreduce_cmd import map_reduce
 from inferswarm.cli.miner_cmd import miner
@@ -28,6 +29,10 @@ app.command(name="map-reduce", help=map_reduce.__doc__)(map_reduce)
 app.command(help=models.__doc__)(models)
 app.command(help=quantize.__doc__)(quantize)
 app.command(help=quality.__doc__)(quality)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(bans_app, name="bans")
+app.command(help=audit.__doc__)(audit)
 
 
 def main() -> None:

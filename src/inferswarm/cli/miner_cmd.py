@@ -201,6 +201,22 @@ def miner(
             help="Also serve the engine directly on this port (for benchmarks and health checks)."
         ),
     ] = None,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Join token from the router's operator (`inferswarm tokens create`).",
+            envvar="INFERSWARM_JOIN_TOKEN",
+            show_default=False,
+        ),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="CA certificate that signed the router's TLS certificate "
+            "(for https:// routers with a private CA; default: the system's CAs).",
+            envvar="INFERSWARM_CA_CERT",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -258,6 +274,8 @@ def miner(
                 http_port,
                 cache,
                 rebenchmark,
+                join_token,
+                ca_cert,
                 (metrics_host, metrics_port) if metrics_port is not None else None,
             )
         )
@@ -278,6 +296,8 @@ async def _serve(
     http_port: int | None,
     cache: CapabilityCache,
     rebenchmark: bool,
+    join_token: str | None,
+    ca_cert: Path | None,
     metrics_at: tuple[str, int] | None = None,
 ) -> None:
     engine = await _build_engine(kind, options)
@@ -287,7 +307,13 @@ async def _serve(
         if part.capability is not None:
             log.info("capability of %s: %s", part.offers()[0].name, part.capability)
     agent = MinerAgent(
-        AgentSettings(router_url=router, miner_id=load_or_create_miner_id(data_dir), name=name),
+        AgentSettings(
+            router_url=router,
+            miner_id=load_or_create_miner_id(data_dir),
+            name=name,
+            join_token=join_token,
+            ca_cert=ca_cert,
+        ),
         engine,
         probe_hardware(),
     )

@@ -79,18 +79,69 @@ def router(
         list[str] | None,
         typer.Option(
             "--api-key",
-            help="Accept this client API key (repeatable). None given: no auth.",
+            help="Also accept this client API key (repeatable; no limits, every model). "
+            "Keys with limits: `inferswarm keys create`.",
             envvar="INFERSWARM_API_KEYS",
+            show_default=False,
         ),
     ] = None,
     admin_key: Annotated[
         list[str] | None,
         typer.Option(
             "--admin-key",
-            help="An admin key (repeatable): a client key that may also override the policy per request.",
+            help="An admin key (repeatable): may use the admin API (keys, tokens, bans) and "
+            "override the policy per request.",
             envvar="INFERSWARM_ADMIN_KEYS",
+            show_default=False,
         ),
     ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Serve the client and admin APIs without API keys (local experiments only).",
+        ),
+    ] = False,
+    open_join: Annotated[
+        bool,
+        typer.Option(
+            "--open-join",
+            help="Let miners join without a join token (local and test networks only).",
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="TLS certificate (PEM) for the API and the miner gateway.",
+            envvar="INFERSWARM_TLS_CERT",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="Private key (PEM) of --tls-cert.", envvar="INFERSWARM_TLS_KEY"),
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Longest prompt accepted, in tokens (default: any that fits a miner)."
+        ),
+    ] = None,
+    max_tokens_limit: Annotated[
+        int | None, typer.Option(min=1, help="Largest max_tokens a request may ask for.")
+    ] = None,
+    max_streams_per_key: Annotated[
+        int, typer.Option(min=1, help="Streaming requests one API key may have open at once.")
+    ] = 64,
+    ws_max_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest WebSocket message a miner may send, in MiB.")
+    ] = 16.0,
+    log_prompts: Annotated[
+        bool,
+        typer.Option(
+            "--log-prompts",
+            help="Log every request's prompt (debugging only; prompts are never logged otherwise).",
+        ),
+    ] = False,
     max_queue: Annotated[
         int,
         typer.Option(min=0, help="Requests that may wait when every miner is busy; beyond: 429."),
@@ -132,6 +183,8 @@ def router(
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
     keys = _split_keys(api_key)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     settings = RouterSettings(
         host=host,
         port=port,
@@ -144,6 +197,13 @@ def router(
         task_max_attempts=task_max_attempts,
         api_keys=keys,
         admin_keys=_split_keys(admin_key),
+        auth=not no_auth,
+        open_join=open_join,
+        log_prompts=log_prompts,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens_limit=max_tokens_limit,
+        max_streams_per_key=max_streams_per_key,
+        ws_max_bytes=int(ws_max_mb * 2**20),
         max_queue=max_queue,
         hedge=hedge,
         queue_timeout_s=queue_timeout,
@@ -157,7 +217,7 @@ def router(
     )
     from inferswarm.cli.serve import serve  # the web and database stack, only when serving
 
-    serve(settings, log_level, drain_timeout)
+    serve(settings, log_level, drain_timeout, tls_cert, tls_key)
 
 
 def _split_keys(values: list[str] | None) -> frozenset[str]:

@@ -6,6 +6,7 @@ importing the web and database stack."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -15,7 +16,15 @@ from inferswarm.router.app import create_app, drain
 from inferswarm.router.settings import RouterSettings
 
 
-def serve(settings: RouterSettings, log_level: str, drain_timeout: float) -> None:
+def serve(
+    settings: RouterSettings,
+    log_level: str,
+    drain_timeout: float,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
+    """Serve until SIGTERM; over TLS (both the API and the miner gateway) when
+    ``tls_cert`` and ``tls_key`` are given."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -25,6 +34,9 @@ def serve(settings: RouterSettings, log_level: str, drain_timeout: float) -> Non
         access_log=False,
         ws_ping_interval=10,
         ws_ping_timeout=20,
+        ws_max_size=settings.ws_max_bytes,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     DrainingServer(config, app, drain_timeout).run()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -17,6 +18,8 @@ from rich.console import Console
 from rich.panel import Panel
 
 from inferswarm.cli.miner_cmd import EngineKind
+from inferswarm.router.access import AccessControl, load_or_create_secret
+from inferswarm.router.settings import RouterSettings
 
 console = Console()
 
@@ -43,9 +46,13 @@ def up(
     api_key = None if no_auth else f"isk-{secrets.token_urlsafe(24)}"
     base = f"http://127.0.0.1:{port}"
     threads = max(1, (os.cpu_count() or 1) // miners)
+    # The miners get a join token, never the client key.
+    miner_env = {k: v for k, v in os.environ.items() if k != "INFERSWARM_API_KEYS"}
+    miner_env["INFERSWARM_JOIN_TOKEN"] = asyncio.run(_join_token(data_dir / "router"))
     env = dict(os.environ)
     if api_key:
         env["INFERSWARM_API_KEYS"] = api_key
+    router_args = ["--no-auth"] if no_auth else []
     procs = [
         _spawn(
             [
@@ -56,6 +63,7 @@ def up(
                 str(data_dir / "router"),
                 "--log-level",
                 "warning",
+                *router_args,
             ],
             env,
         )
@@ -78,7 +86,7 @@ def up(
         ]
         if model is not None:
             args += ["--model", str(model)]
-        procs.append(_spawn(args, env))
+        procs.append(_spawn(args, miner_env))
     try:
         _wait_ready(base, api_key, miners, procs, ready_timeout)
         _print_welcome(base, api_key, miners, no_auth)
@@ -90,6 +98,20 @@ def up(
         console.print("\nStopping the network…")
     finally:
         _stop(procs)
+
+
+async def _join_token(router_dir: Path) -> str:
+    """A join token for this network's miners, issued in the router's store."""
+    from inferswarm.storage.sql import open_store  # the database stack, only here
+
+    secret = load_or_create_secret(router_dir)  # creates the directory too
+    store = await open_store(RouterSettings(data_dir=router_dir).database_url())
+    try:
+        access = AccessControl(store, secret)
+        token, _ = await access.create_token("inferswarm up", None, "inferswarm up")
+    finally:
+        await store.close()
+    return token
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

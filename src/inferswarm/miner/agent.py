@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
@@ -62,6 +64,20 @@ class AgentSettings:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
     handshake_timeout_s: float = 10.0
+    join_token: str | None = field(default=None, repr=False)
+    """Sent as ``Authorization: Bearer`` when dialling; never logged."""
+    ca_cert: Path | None = None
+    """CA bundle that signed the router's certificate (``wss://``); default: the system's."""
+    max_message_bytes: int = 2**24
+
+    def dial_options(self) -> dict[str, object]:
+        """Keyword arguments for ``websockets.connect``."""
+        options: dict[str, object] = {}
+        if self.join_token:
+            options["additional_headers"] = {"Authorization": f"Bearer {self.join_token}"}
+        if self.ca_cert is not None and gateway_url(self.router_url).startswith("wss:"):
+            options["ssl"] = ssl.create_default_context(cafile=str(self.ca_cert))
+        return options
 
 
 def gateway_url(router_url: str) -> str:
@@ -127,11 +143,24 @@ class MinerAgent:
         delay = self._settings.reconnect_min_s
         while True:
             try:
-                async with websockets.connect(url, max_size=2**24, open_timeout=10) as ws:
+                async with websockets.connect(
+                    url,
+                    max_size=self._settings.max_message_bytes,
+                    open_timeout=10,
+                    **self._settings.dial_options(),  # type: ignore[arg-type]
+                ) as ws:
                     await self._serve(ws)
                     delay = self._settings.reconnect_min_s
             except MinerRefused:
                 raise
+            except ssl.SSLCertVerificationError as exc:
+                log.error(
+                    "cannot verify the TLS certificate of router %s (%s); if it was signed by "
+                    "a private CA, pass --ca-cert CA.pem. Retrying in %.1f s",
+                    url,
+                    exc.verify_message,
+                    delay,
+                )
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
                 log.warning(
                     "router %s unreachable or lost (%s); retrying in %.1f s", url, exc, delay

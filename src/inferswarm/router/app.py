@@ -15,8 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
 from inferswarm.protocol import TaskChunk, TaskDone
+from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import (
+    admin,
     batches,
     completions,
     dashboard,
@@ -26,7 +28,7 @@ from inferswarm.router.api import (
     models,
     network,
 )
-from inferswarm.router.api.auth import require_api_key
+from inferswarm.router.api.auth import require_admin, require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
@@ -38,6 +40,7 @@ from inferswarm.router.registry import Clock, MinerRegistry
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
+from inferswarm.router.usage_limits import UsageLimiter
 from inferswarm.storage import BlobDir, Store
 from inferswarm.storage.sql import open_store
 
@@ -68,6 +71,9 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = deps.store or await open_store(settings.database_url())
         app.state.store = store
+        app.state.access = AccessControl(store, load_or_create_secret(settings.data_dir))
+        app.state.limiter = UsageLimiter(store, settings.max_streams_per_key)
+        await _announce_access(store, settings)
         app.state.blobs = BlobDir(settings.data_dir / "files")
         runner = BatchRunner(
             store,
@@ -131,6 +137,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     apis = (completions, models, miners, files, batches, jobs, network)
     for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
+    app.include_router(admin.router, dependencies=[Depends(require_admin)])
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static, name="dashboard-static")
 
@@ -153,9 +160,25 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
 
     @app.websocket("/miner/ws")
     async def miner_ws(websocket: WebSocket) -> None:
-        await serve_miner(websocket, registry, settings)
+        await serve_miner(websocket, registry, settings, app.state.access)
 
     return app
+
+
+async def _announce_access(store: Store, settings: RouterSettings) -> None:
+    if not settings.auth_enabled:
+        log.warning(
+            "auth is OFF (--no-auth): anyone who can reach this router may use it and its "
+            "admin API. Use this only for local experiments."
+        )
+    elif not (settings.api_keys or settings.admin_keys or await store.list_api_keys()):
+        log.warning(
+            "auth is on and no API key exists yet: create one with "
+            "`inferswarm keys create --name NAME --data-dir %s`",
+            settings.data_dir,
+        )
+    if settings.open_join:
+        log.warning("--open-join: any miner may join without a join token (local/test use only)")
 
 
 async def _expire_silent_miners(

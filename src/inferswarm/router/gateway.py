@@ -1,7 +1,10 @@
 """The miner gateway: ``GET /miner/ws``, the WebSocket that miners dial.
 
-The first frame must be a ``Register`` of our protocol version; anything else
-is answered with ``Refused`` and a close, so the miner operator reads why.
+The first frame must be a ``Register`` of our protocol version, from a miner
+that holds a join token (sent as ``Authorization: Bearer <token>`` on the
+upgrade request, unless the router runs with ``--open-join``) and whose id is
+not banned; anything else is answered with ``Refused`` and a close, so the
+miner operator reads why.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from inferswarm.protocol import (
     encode,
     parse_miner_message,
 )
+from inferswarm.router.access import AccessControl
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.settings import RouterSettings
 
@@ -29,11 +33,18 @@ POLICY_VIOLATION = 1008
 
 
 async def serve_miner(
-    websocket: WebSocket, registry: MinerRegistry, settings: RouterSettings
+    websocket: WebSocket,
+    registry: MinerRegistry,
+    settings: RouterSettings,
+    access: AccessControl,
 ) -> None:
     await websocket.accept()
     info = await _handshake(websocket, settings)
     if info is None:
+        return
+    refusal = await _admission(websocket, info, settings, access)
+    if refusal is not None:
+        await _refuse(websocket, refusal, info)
         return
 
     async def close(reason: str) -> None:
@@ -90,7 +101,27 @@ async def _handshake(websocket: WebSocket, settings: RouterSettings) -> Register
     return message
 
 
-async def _refuse(websocket: WebSocket, reason: str) -> None:
-    log.warning("refused a miner: %s", reason)
+async def _admission(
+    websocket: WebSocket, info: Register, settings: RouterSettings, access: AccessControl
+) -> str | None:
+    """Why this miner may not join, or None."""
+    if not settings.open_join:
+        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+        refusal = await access.check_token(token.strip() if scheme.lower() == "bearer" else None)
+        if refusal is not None:
+            return refusal
+    ban = await access.store.miner_ban(info.miner_id)
+    if ban is not None:
+        return (
+            f"the miner id {info.miner_id} is banned by this router's operator "
+            f"({ban.reason}); contact the operator"
+        )
+    return None
+
+
+async def _refuse(websocket: WebSocket, reason: str, info: Register | None = None) -> None:
+    who = f"miner {info.miner_id} ({info.name})" if info is not None else "a miner"
+    client = websocket.client.host if websocket.client else "unknown address"
+    log.warning("refused %s from %s: %s", who, client, reason)
     await websocket.send_text(encode(Refused(reason=reason)))
     await websocket.close(code=POLICY_VIOLATION, reason="refused")

@@ -25,8 +25,22 @@ class RouterSettings:
     data_dir: Path = field(default_factory=default_data_dir)
     store_url: str | None = None
     """SQLAlchemy URL of the store; default: SQLite in ``data_dir``."""
+    auth: bool = True
+    """Client API keys required; off (``--no-auth``) only for local experiments."""
     api_keys: frozenset[str] = frozenset()
+    """Bootstrap client keys from the command line (no limits, every model)."""
     admin_keys: frozenset[str] = frozenset()
+    """Bootstrap admin keys from the command line."""
+    open_join: bool = False
+    """Miners join without a join token (local and test networks only)."""
+    log_prompts: bool = False
+    """Log each request's prompt (debugging only: prompts are the clients' data)."""
+    max_prompt_tokens: int | None = None
+    max_tokens_limit: int | None = None
+    """Largest ``max_tokens`` a request may ask for."""
+    max_streams_per_key: int | None = 64
+    ws_max_bytes: int = 16 * 2**20
+    """Largest WebSocket message a miner may send."""
     max_queue: int = 256
     hedge: bool = False
     queue_timeout_s: float = 60.0
@@ -47,4 +61,4 @@ class RouterSettings:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys or self.admin_keys)
+        return self.auth

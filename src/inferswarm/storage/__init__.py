@@ -5,17 +5,23 @@ PostgreSQL by URL. The SQL stack is imported only by those who open a store."""
 
 from inferswarm.storage.blobs import BlobDir
 from inferswarm.storage.records import (
+    ApiKeyRecord,
+    AuditEntry,
     BatchRecord,
     BatchStatus,
     BatchTask,
     FileRecord,
     JobRecord,
     JobTask,
+    JoinTokenRecord,
+    MinerBanRecord,
     TaskState,
 )
 from inferswarm.storage.store import Store
 
 __all__ = [
+    "ApiKeyRecord",
+    "AuditEntry",
     "BatchRecord",
     "BatchStatus",
     "BatchTask",
@@ -23,6 +29,8 @@ __all__ = [
     "FileRecord",
     "JobRecord",
     "JobTask",
+    "JoinTokenRecord",
+    "MinerBanRecord",
     "Store",
     "TaskState",
 ]

@@ -108,3 +108,63 @@ class JobTask:
     state: TaskState = TaskState.PENDING
     attempts: int = 0
     output: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A client API key. Only ``digest`` (a keyed hash) is kept, never the key;
+    ``prefix`` (the key's first characters) lets an operator tell keys apart."""
+
+    id: str
+    name: str
+    digest: str
+    prefix: str
+    created_at: int
+    models: tuple[str, ...] = ()
+    """Models the key may use; empty: all."""
+    rpm: int | None = None
+    tpm: int | None = None
+    quota_tokens: int | None = None
+    """Tokens the key may use in all (prompt + completion), over its lifetime."""
+    is_admin: bool = False
+    revoked_at: int | None = None
+
+    def allows(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+@dataclass(frozen=True)
+class JoinTokenRecord:
+    """A token that lets a miner join the network; kept as a keyed hash."""
+
+    id: str
+    name: str
+    digest: str
+    prefix: str
+    created_at: int
+    expires_at: int | None = None
+    revoked_at: int | None = None
+
+    def valid_at(self, now: int) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class MinerBanRecord:
+    """An operator's ban of a miner id (not the scheduler's short penalties)."""
+
+    miner_id: str
+    reason: str
+    created_at: int
+    created_by: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An admin operation: who did what to which object, and when."""
+
+    at: int
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any] = field(default_factory=dict)

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -28,12 +30,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from inferswarm.storage.records import (
     ACTIVE_BATCH_STATUSES,
+    ApiKeyRecord,
+    AuditEntry,
     BatchRecord,
     BatchStatus,
     BatchTask,
     FileRecord,
     JobRecord,
     JobTask,
+    JoinTokenRecord,
+    MinerBanRecord,
     TaskState,
 )
 
@@ -107,6 +113,63 @@ job_tasks = Table(
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("output", Text),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("digest", String(128), nullable=False, unique=True),
+    Column("prefix", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("models", JSON, nullable=False),
+    Column("rpm", Integer),
+    Column("tpm", BigInteger),
+    Column("quota_tokens", BigInteger),
+    Column("is_admin", Boolean, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("counter", String(16), primary_key=True),
+    Column("window", BigInteger, primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+)
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("digest", String(128), nullable=False, unique=True),
+    Column("prefix", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger),
+    Column("revoked_at", BigInteger),
+)
+
+miner_bans = Table(
+    "miner_bans",
+    metadata,
+    Column("miner_id", String(128), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("details", JSON, nullable=False),
 )
 
 ACTIVE_JOB_STATUSES = ("queued", "running")
@@ -354,6 +417,151 @@ class SqlStore:
                 )
                 .values(state=state.value, output=output, attempts=attempts)
             )
+
+    # api keys
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(api_keys).values(**_plain_row(record)))
+
+    async def api_key_by_digest(self, digest: str) -> ApiKeyRecord | None:
+        return await self._one(ApiKeyRecord, select(api_keys).where(api_keys.c.digest == digest))
+
+    async def api_key(self, key_id: str) -> ApiKeyRecord | None:
+        return await self._one(ApiKeyRecord, select(api_keys).where(api_keys.c.id == key_id))
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        return await self._all(ApiKeyRecord, query)
+
+    async def revoke_api_key(self, key_id: str, at: int) -> bool:
+        return await self._revoke(api_keys, key_id, at)
+
+    # usage counters
+
+    async def add_usage(self, key_id: str, counter: str, window: int, amount: int) -> int:
+        where = and_(
+            key_usage.c.key_id == key_id,
+            key_usage.c.counter == counter,
+            key_usage.c.window == window,
+        )
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(key_usage).where(where).values(amount=key_usage.c.amount + amount)
+            )
+            if changed.rowcount == 0:
+                row = {"key_id": key_id, "counter": counter, "window": window, "amount": amount}
+                await conn.execute(insert(key_usage).values(**row))
+            value: int = (await conn.execute(select(key_usage.c.amount).where(where))).scalar_one()
+            # Older windows of the same counter are no longer read.
+            await conn.execute(
+                key_usage.delete().where(
+                    key_usage.c.key_id == key_id,
+                    key_usage.c.counter == counter,
+                    key_usage.c.window < window - 1,
+                )
+            )
+        return value
+
+    async def usage(self, key_id: str, counter: str, window: int) -> int:
+        query = select(key_usage.c.amount).where(
+            key_usage.c.key_id == key_id,
+            key_usage.c.counter == counter,
+            key_usage.c.window == window,
+        )
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        return int(value or 0)
+
+    # join tokens
+
+    async def add_join_token(self, record: JoinTokenRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(join_tokens).values(**_plain_row(record)))
+
+    async def join_token_by_digest(self, digest: str) -> JoinTokenRecord | None:
+        query = select(join_tokens).where(join_tokens.c.digest == digest)
+        return await self._one(JoinTokenRecord, query)
+
+    async def list_join_tokens(self) -> list[JoinTokenRecord]:
+        query = select(join_tokens).order_by(join_tokens.c.created_at, join_tokens.c.id)
+        return await self._all(JoinTokenRecord, query)
+
+    async def revoke_join_token(self, token_id: str, at: int) -> bool:
+        return await self._revoke(join_tokens, token_id, at)
+
+    # miner bans
+
+    async def ban_miner(self, ban: MinerBanRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(miner_bans.delete().where(miner_bans.c.miner_id == ban.miner_id))
+            await conn.execute(insert(miner_bans).values(**_plain_row(ban)))
+
+    async def unban_miner(self, miner_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                miner_bans.delete().where(miner_bans.c.miner_id == miner_id)
+            )
+        return bool(result.rowcount)
+
+    async def miner_ban(self, miner_id: str) -> MinerBanRecord | None:
+        query = select(miner_bans).where(miner_bans.c.miner_id == miner_id)
+        return await self._one(MinerBanRecord, query)
+
+    async def list_miner_bans(self) -> list[MinerBanRecord]:
+        query = select(miner_bans).order_by(miner_bans.c.created_at)
+        return await self._all(MinerBanRecord, query)
+
+    # audit log
+
+    async def audit(self, entry: AuditEntry) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(audit_log).values(**_plain_row(entry)))
+
+    async def audit_log(self, limit: int) -> list[AuditEntry]:
+        query = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+        return await self._all(AuditEntry, query)
+
+    # helpers for the plain records above
+
+    async def _one(self, cls: type[R], query: Any) -> R | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _plain(cls, row) if row else None
+
+    async def _all(self, cls: type[R], query: Any) -> list[R]:
+        async with self.engine.connect() as conn:
+            return [_plain(cls, row) for row in await conn.execute(query)]
+
+    async def _revoke(self, table: Table, row_id: str, at: int) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(table)
+                .where(table.c.id == row_id, table.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+        return bool(result.rowcount)
+
+
+R = TypeVar("R")
+
+
+def _plain_row(record: Any) -> dict[str, Any]:
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(record).items()
+    }
+
+
+def _plain(cls: type[R], row: Row[Any]) -> R:
+    """A record whose fields are exactly its table's columns (tuples stored as JSON lists)."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in row._mapping.items()
+        if name in fields
+    }
+    return cls(**values)
 
 
 def _file_row(record: FileRecord) -> dict[str, Any]:

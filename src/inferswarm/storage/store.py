@@ -6,12 +6,16 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from inferswarm.storage.records import (
+    ApiKeyRecord,
+    AuditEntry,
     BatchRecord,
     BatchStatus,
     BatchTask,
     FileRecord,
     JobRecord,
     JobTask,
+    JoinTokenRecord,
+    MinerBanRecord,
     TaskState,
 )
 
@@ -80,3 +84,36 @@ class Store(Protocol):
     async def finish_job_task(
         self, job_id: str, key: str, state: TaskState, output: str, attempts: int
     ) -> None: ...
+
+    # api keys
+    async def add_api_key(self, record: ApiKeyRecord) -> None: ...
+    async def api_key_by_digest(self, digest: str) -> ApiKeyRecord | None: ...
+    async def api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+    async def revoke_api_key(self, key_id: str, at: int) -> bool:
+        """False when no such key exists or it was already revoked."""
+
+    # usage counters (rate limits and quotas)
+    async def add_usage(self, key_id: str, counter: str, window: int, amount: int) -> int:
+        """Add ``amount`` (may be negative) to a counter and return its new value."""
+
+    async def usage(self, key_id: str, counter: str, window: int) -> int: ...
+
+    # join tokens
+    async def add_join_token(self, record: JoinTokenRecord) -> None: ...
+    async def join_token_by_digest(self, digest: str) -> JoinTokenRecord | None: ...
+    async def list_join_tokens(self) -> list[JoinTokenRecord]: ...
+    async def revoke_join_token(self, token_id: str, at: int) -> bool: ...
+
+    # miner bans
+    async def ban_miner(self, ban: MinerBanRecord) -> None:
+        """Ban (or re-ban, replacing the reason) a miner id."""
+
+    async def unban_miner(self, miner_id: str) -> bool: ...
+    async def miner_ban(self, miner_id: str) -> MinerBanRecord | None: ...
+    async def list_miner_bans(self) -> list[MinerBanRecord]: ...
+
+    # audit log
+    async def audit(self, entry: AuditEntry) -> None: ...
+    async def audit_log(self, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` entries, newest first."""

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from inferswarm.openai_compat.errors import InvalidRequest, NotFound
 from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.api.files import owned_file, owner_of
+from inferswarm.router.api.limits import admit_job, batch_line_models
 from inferswarm.router.segment.batch import (
     ENDPOINTS,
     MAX_BATCH_LINES,
@@ -62,6 +63,7 @@ async def create_batch(request: Request) -> dict[str, Any]:
             param="input_file_id",
             code="too_many_requests",
         )
+    await admit_job(request, batch_line_models(t.body for t in tasks))
     now = int(time.time())
     batch = BatchRecord(
         id=batch_id,

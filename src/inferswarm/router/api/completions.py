@@ -18,6 +18,7 @@ from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import APIError
 from inferswarm.protocol import TaskChunk, TaskDone
 from inferswarm.router.api.body import parse_body, request_body_schema
+from inferswarm.router.api.limits import admit, check_scope, settle
 from inferswarm.router.completion import (
     Caller,
     Plan,
@@ -31,6 +32,7 @@ from inferswarm.router.completion import (
 from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
+from inferswarm.router.usage_limits import Reservation, counted
 
 router = APIRouter()
 
@@ -40,24 +42,34 @@ router = APIRouter()
 )
 async def chat_completions(request: Request) -> Response:
     body = await parse_body(request, schemas.ChatCompletionRequest)
+    check_scope(request, body.model)
     plan = plan_chat(body, caller_of(request), request.app.state.registry)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    reservation = await admit(request, plan, body.stream)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _chat_sse)
+        return await _stream(plan, request, body, request_id, _chat_sse, reservation)
     traces = [Trace() for _ in plan.jobs]
-    results = await collect_all(plan, _traced(request, plan, traces))
+    try:
+        results = await collect_all(plan, _traced(request, plan, traces, reservation))
+    finally:
+        await settle(request, reservation)
     return JSONResponse(chat_response(request_id, body, plan, results), headers=served_by(traces))
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
 async def completions(request: Request) -> Response:
     body = await parse_body(request, schemas.CompletionRequest)
+    check_scope(request, body.model)
     plan = plan_completion(body, caller_of(request), request.app.state.registry)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    reservation = await admit(request, plan, body.stream)
     if body.stream:
-        return await _stream(plan, request, body, request_id, _text_sse)
+        return await _stream(plan, request, body, request_id, _text_sse, reservation)
     traces = [Trace() for _ in plan.jobs]
-    results = await collect_all(plan, _traced(request, plan, traces))
+    try:
+        results = await collect_all(plan, _traced(request, plan, traces, reservation))
+    finally:
+        await settle(request, reservation)
     return JSONResponse(
         completion_response(request_id, body, plan, results), headers=served_by(traces)
     )
@@ -80,11 +92,17 @@ def measured(
 
 
 def _traced(
-    request: Request, plan: Plan, traces: list[Trace]
+    request: Request, plan: Plan, traces: list[Trace], reservation: Reservation | None = None
 ) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
-    """``measured`` with each of the plan's jobs writing to its own trace."""
+    """``measured`` with each of the plan's jobs writing to its own trace, and
+    its tokens counted against the key's reservation."""
     by_job = {id(job): trace for job, trace in zip(plan.jobs, traces, strict=True)}
-    return lambda job: measured(request, job, by_job.get(id(job)))
+
+    def run(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        events = measured(request, job, by_job.get(id(job)))
+        return events if reservation is None else counted(events, reservation)
+
+    return run
 
 
 def served_by(traces: list[Trace]) -> dict[str, str]:
@@ -115,23 +133,32 @@ async def _stream(
     body: schemas.ChatCompletionRequest | schemas.CompletionRequest,
     request_id: str,
     render: SseRenderer,
+    reservation: Reservation | None,
 ) -> Response:
     traces = [Trace() for _ in plan.jobs]
-    events = merge_streams(
-        [measured(request, job, trace) for job, trace in zip(plan.jobs, traces, strict=True)]
-    )
+    run = _traced(request, plan, traces, reservation)
+    events = merge_streams([run(job) for job in plan.jobs])
     # Wait for the first event before answering, so an error that happens
     # before any output still gets its proper HTTP status.
     try:
         first = await anext(events)
     except BaseException:
         await events.aclose()
+        await settle(request, reservation)
         raise
     created = int(time.time())
     is_chat = isinstance(body, schemas.ChatCompletionRequest)
     obj = "chat.completion.chunk" if is_chat else "text_completion"
 
     async def sse() -> AsyncIterator[str]:
+        try:
+            async with aclosing(_sse_lines()) as lines:
+                async for line in lines:
+                    yield line
+        finally:
+            await settle(request, reservation)
+
+    async def _sse_lines() -> AsyncGenerator[str, None]:
         done: dict[int, TaskDone] = {}
         async with aclosing(events):
             if is_chat:

@@ -15,6 +15,7 @@ from inferswarm.openai_compat.errors import Conflict, InvalidRequest, NotFound
 from inferswarm.protocol import ModelName
 from inferswarm.router.api.body import parse_body, request_body_schema
 from inferswarm.router.api.files import owned_file, owner_of
+from inferswarm.router.api.limits import admit_job
 from inferswarm.router.completion import check_model
 from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.segment.mapreduce import (
@@ -65,6 +66,7 @@ class MapReduceRequest(BaseModel):
 @router.post("/v1/jobs", openapi_extra=request_body_schema(MapReduceRequest))
 async def create_job(request: Request) -> dict[str, Any]:
     body = await parse_body(request, MapReduceRequest)
+    await admit_job(request, [body.model])
     text = await _input_text(request, body)
     registry: MinerRegistry = request.app.state.registry
     check_model(ModelName(body.model), "", body.map_max_tokens, registry)

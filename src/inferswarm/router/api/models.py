@@ -44,6 +44,7 @@ class _Capacity:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     served: dict[ModelName, list[MinerConnection]] = request.app.state.registry.served_models()
+    key = request.state.key
     started = int(request.app.state.started_at)
     by_name: dict[str, _Capacity] = {}
     families: dict[str, _Capacity] = {}
@@ -56,6 +57,8 @@ async def list_models(request: Request) -> dict[str, Any]:
                 families.setdefault(family, _Capacity()).add(conn, offer)
     data = [_variant_entry(n, c, started) for n, c in by_name.items()]
     data += [_family_entry(n, c, started) for n, c in families.items() if n not in by_name]
+    if key is not None:  # a key scoped to some models sees only the names it may ask for
+        data = [entry for entry in data if key.allows(entry["id"])]
     return {"object": "list", "data": sorted(data, key=lambda entry: entry["id"])}
 
 
