@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def gemma_model_path(models_dir: Path) -> Path | None:
     if target.is_file() and target.stat().st_size == chunks_bytes:
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    partial = target.with_suffix(f".{os.getpid()}.partial")  # miners may start together
     package.assemble(output_path=partial, overwrite=True)  # checks the sha256
     partial.replace(target)
     return target
