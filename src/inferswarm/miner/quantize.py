@@ -82,6 +82,13 @@ def measure_quality(
         logits_all=True,
         verbose=False,
     )
+    try:
+        return _score(np, llm, tokens, window)
+    finally:
+        llm.close()
+
+
+def _score(np: Any, llm: Any, tokens: int, window: int) -> Quality:
     ids = llm.tokenize(quality_text().encode(), add_bos=False)[:tokens]
     nll, scored, eval_s = 0.0, 0, 0.0
     for start in range(0, len(ids) - 1, window - 1):
