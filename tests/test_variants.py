@@ -94,6 +94,8 @@ def test_the_scheduler_honours_min_precision_and_pinning() -> None:
     assert choose_miner(precise, snapshot, Policy.LEAST_LOADED).miner_id == "high"
     pinned = TaskNeeds(model=Q4)
     assert choose_miner(pinned, snapshot, Policy.LEAST_LOADED).model == Q4
+    pinned_too_low = TaskNeeds(model=Q4, min_precision="q8_0")
+    assert choose_miner(pinned_too_low, snapshot, Policy.LEAST_LOADED).miner_id is None
     none = choose_miner(
         TaskNeeds(model=ModelName("gemma-3-270m"), min_precision="q8_0"),
         snapshot,

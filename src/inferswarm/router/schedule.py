@@ -160,7 +160,8 @@ class TaskNeeds:
     worth ``block_tokens`` tokens, for cache-aware routing.
     ``model`` is the name asked for (a family or a variant); ``choose_miner``
     fills ``variants`` with the served names that may answer it, most precise
-    first, keeping only those at least as precise as ``min_precision``.
+    first, keeping only those at least as precise as ``min_precision``
+    (left empty when ``model`` is served as it is and no floor is set).
     """
 
     model: ModelName
@@ -212,7 +213,7 @@ def not_excluded(task: TaskNeeds, miner: MinerView) -> bool:
 
 
 def context_fits(task: TaskNeeds, miner: MinerView) -> bool:
-    return variant_on(task.variants, miner.context_lengths, task.needed_tokens) is not None
+    return _fits(task, miner)
 
 
 # Each filter with the explanation given when it removes the last candidate.
@@ -228,14 +229,19 @@ FILTERS: tuple[tuple[MinerFilter, str], ...] = (
 
 
 def choose_miner(task: TaskNeeds, snapshot: Snapshot, policy: Policy) -> Decision:
-    try:
-        resolution = resolve_variants(task.model, snapshot.by_model, task.min_precision)
-    except UnknownPrecision as exc:
-        return Decision(None, str(exc))
-    task = replace(task, variants=resolution.variants)
+    if task.min_precision is not None or task.model not in snapshot.by_model:
+        # A family, or a floor on precision: resolve to served variants. A
+        # served name asked for as it is (the hot path) keeps variants empty.
+        try:
+            resolution = resolve_variants(task.model, snapshot.by_model, task.min_precision)
+        except UnknownPrecision as exc:
+            return Decision(None, str(exc))
+        if not resolution.variants:
+            return Decision(None, resolution.why_none)
+        task = replace(task, variants=resolution.variants)
     pool = _pool(task, snapshot)
     if not pool:
-        return Decision(None, resolution.why_none or f"no connected miner serves {task.model!r}")
+        return Decision(None, f"no connected miner serves model {task.model!r}")
     rng = random.Random(task.seed)
     if len(pool) > SAMPLE_SIZE:
         decision = _decide(task, rng.sample(pool, SAMPLE_SIZE), snapshot, policy, rng)
@@ -246,8 +252,8 @@ def choose_miner(task: TaskNeeds, snapshot: Snapshot, policy: Policy) -> Decisio
 
 def _pool(task: TaskNeeds, snapshot: Snapshot) -> tuple[MinerView, ...]:
     """Miners serving any of the task's variants, each once."""
-    if len(task.variants) == 1:
-        return snapshot.by_model.get(task.variants[0], ())
+    if len(task.variants) <= 1:
+        return snapshot.by_model.get(task.variants[0] if task.variants else task.model, ())
     seen: dict[MinerId, MinerView] = {}
     for name in task.variants:
         for miner in snapshot.by_model.get(name, ()):
@@ -261,8 +267,17 @@ def _eligible(task: TaskNeeds, miner: MinerView) -> bool:
         miner.state is MinerState.LIVE
         and not miner.quarantined
         and miner.miner_id not in task.exclude
-        and variant_on(task.variants, miner.context_lengths, task.needed_tokens) is not None
+        and _fits(task, miner)
     )
+
+
+def _fits(task: TaskNeeds, miner: MinerView) -> bool:
+    """Some variant of the task has a window on this miner for the prompt and
+    max_tokens; the model as asked (the usual case) without a call."""
+    if not task.variants:
+        window = miner.context_lengths.get(task.model)
+        return window is not None and task.prompt_tokens + (task.max_tokens or 1) <= window
+    return variant_on(task.variants, miner.context_lengths, task.needed_tokens) is not None
 
 
 def _decide(
@@ -289,7 +304,7 @@ def _decide(
     if not roomy:
         return Decision(None, f"all {eligible} miners serving {task.model!r} are full", True)
     chosen, why = _PICKERS[policy](task, roomy, snapshot, rng)
-    model = variant_on(task.variants, chosen.context_lengths, task.needed_tokens)
+    model = variant_on(task.variants or (task.model,), chosen.context_lengths, task.needed_tokens)
     return Decision(chosen.miner_id, f"{policy.value}: {why}", model=model)
 
 
