@@ -12,6 +12,7 @@ from inferswarm.protocol import (
     MinerId,
     ModelName,
     ModelOffer,
+    Park,
     Register,
     SamplingParams,
     TaskAssign,
@@ -54,6 +55,8 @@ def test_router_messages_round_trip() -> None:
         sampling=SamplingParams(max_tokens=5, temperature=0, stop=("\n",), seed=7),
     )
     assert parse_router_message(encode(task)) == task
+    park = Park(parked=True, heartbeat_interval_s=5.0)
+    assert parse_router_message(encode(park)) == park
 
 
 def test_messages_are_frozen() -> None:

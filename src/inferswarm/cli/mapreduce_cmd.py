@@ -45,6 +45,10 @@ def map_reduce(
     overlap_tokens: Annotated[int, typer.Option(min=0, help="Tokens shared by neighbours.")] = 64,
     map_max_tokens: Annotated[int, typer.Option(min=1, help="Answer length per chunk.")] = 128,
     reduce_max_tokens: Annotated[int, typer.Option(min=1, help="Answer length per reduce.")] = 256,
+    frequency_penalty: Annotated[
+        float,
+        typer.Option(min=-2, max=2, help="Discourages repetition (small models loop when greedy)."),
+    ] = 0.3,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result object as JSON.")
     ] = False,
@@ -65,6 +69,7 @@ def map_reduce(
             "overlap_tokens": overlap_tokens,
             "map_max_tokens": map_max_tokens,
             "reduce_max_tokens": reduce_max_tokens,
+            "frequency_penalty": frequency_penalty,
         }
         if chunk_tokens is not None:
             body["chunk_tokens"] = chunk_tokens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +11,13 @@ import typer
 
 from inferswarm.cli.common import setup_logging
 from inferswarm.router.dispatch import DispatchLimits
+from inferswarm.router.scale.policy import ScalePolicy
+from inferswarm.router.scale.settings import LocalBudget, ProviderKind, ScaleSettings
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
+
+SCALE_PANEL = "Autoscaling"
 
 
 def router(
@@ -176,6 +182,108 @@ def router(
         float,
         typer.Option(min=0, help="On SIGTERM, seconds in-flight requests may take to finish."),
     ] = 30.0,
+    autoscale: Annotated[
+        ProviderKind | None,
+        typer.Option(
+            help="Scale the miner pool with demand: local starts and stops miner processes on "
+            "this machine, command runs --scale-command, standby parks and activates connected "
+            "miners. Default: off.",
+            envvar="INFERSWARM_AUTOSCALE",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = None,
+    min_miners: Annotated[
+        int, typer.Option(min=1, help="Fewest miners per model.", rich_help_panel=SCALE_PANEL)
+    ] = 1,
+    max_miners: Annotated[
+        int, typer.Option(min=1, help="Most miners per model.", rich_help_panel=SCALE_PANEL)
+    ] = 4,
+    scale_interval: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds between evaluations.", rich_help_panel=SCALE_PANEL),
+    ] = 5.0,
+    ttft_slo: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="p95 time to first token (and queue wait) in seconds above which one more "
+            "miner is added.",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = 2.0,
+    target_utilization: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            max=1.0,
+            help="Share of a miner's slots it should keep busy at steady state.",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = 0.7,
+    scale_down_delay: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds demand must stay low, and must have passed since the last change, "
+            "before a miner is removed (one at a time).",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = 30.0,
+    scale_miner_args: Annotated[
+        str,
+        typer.Option(
+            help='local: flags for the miners it starts, e.g. "--engine fake --fake-speed 50".',
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = "",
+    scale_cpus: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="local: cores its miners may use in all (default: all).",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = None,
+    scale_memory_mb: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="local: MiB its miners may use in all (default: 80% of what is available).",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = None,
+    scale_miner_cpus: Annotated[
+        float,
+        typer.Option(min=0.01, help="local: cores one miner takes.", rich_help_panel=SCALE_PANEL),
+    ] = 1.0,
+    scale_miner_memory_mb: Annotated[
+        float,
+        typer.Option(min=1, help="local: MiB one miner takes.", rich_help_panel=SCALE_PANEL),
+    ] = 512.0,
+    scale_command: Annotated[
+        str,
+        typer.Option(
+            help="command: run by the shell to set a model's miner count, with {model}, {count} "
+            "and {miners} (names drained for a scale-down) filled in, e.g. "
+            '"kubectl scale deploy/miners --replicas={count}".',
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = "",
+    scale_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="command: a model to keep at --min-miners before any miner serves it (repeatable).",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = None,
+    standby_heartbeat: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            help="standby: seconds between a parked miner's heartbeats.",
+            rich_help_panel=SCALE_PANEL,
+        ),
+    ] = 5.0,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
@@ -214,10 +322,65 @@ def router(
             idle_timeout_s=idle_timeout,
             hedge_delay_s=hedge_delay,
         ),
+        autoscale=None
+        if autoscale is None
+        else ScaleSettings(
+            provider=autoscale,
+            policy=_policy(min_miners, max_miners, ttft_slo, target_utilization, scale_down_delay),
+            interval_s=scale_interval,
+            miner_args=tuple(shlex.split(scale_miner_args))
+            + (("--ca-cert", str(tls_cert)) if tls_cert else ()),
+            router_scheme="https" if tls_cert else "http",
+            budget=_budget(scale_cpus, scale_memory_mb, scale_miner_cpus, scale_miner_memory_mb),
+            command=_command(autoscale, scale_command),
+            models=tuple(scale_model or ()),
+            standby_heartbeat_s=standby_heartbeat,
+        ),
     )
     from inferswarm.cli.serve import serve  # the web and database stack, only when serving
 
     serve(settings, log_level, drain_timeout, tls_cert, tls_key)
+
+
+def _policy(
+    min_miners: int, max_miners: int, slo: float, utilization: float, down_delay: float
+) -> ScalePolicy:
+    try:
+        return ScalePolicy(
+            min_miners=min_miners,
+            max_miners=max_miners,
+            ttft_slo_s=slo,
+            target_utilization=utilization,
+            scale_down_window_s=down_delay,
+            scale_down_cooldown_s=down_delay,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _budget(
+    cpus: float | None, memory_mb: float | None, miner_cpus: float, miner_memory_mb: float
+) -> LocalBudget | None:
+    if cpus is None and memory_mb is None and miner_cpus == 1.0 and miner_memory_mb == 512.0:
+        return None  # the machine's own, measured when the router starts
+    import psutil
+
+    available = int(psutil.virtual_memory().available * 0.8)
+    return LocalBudget(
+        cpus=cpus if cpus is not None else float(os.cpu_count() or 1),
+        memory_bytes=int(memory_mb * 2**20) if memory_mb is not None else available,
+        miner_cpus=miner_cpus,
+        miner_memory_bytes=int(miner_memory_mb * 2**20),
+    )
+
+
+def _command(kind: ProviderKind, command: str) -> str:
+    if kind is ProviderKind.COMMAND and not command:
+        raise typer.BadParameter(
+            '--autoscale command needs --scale-command, e.g. "./scale.sh {model} {count}"',
+            param_hint="--scale-command",
+        )
+    return command
 
 
 def _split_keys(values: list[str] | None) -> frozenset[str]:

@@ -34,6 +34,7 @@ from inferswarm.protocol import (
     HardwareProfile,
     Heartbeat,
     MinerId,
+    Park,
     Refused,
     Register,
     Registered,
@@ -113,6 +114,9 @@ class MinerAgent:
         self.draining = False
         self._refusals: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
+        self.parked = False
+        """Standby autoscaling parked this miner: it only heartbeats, slowly."""
+        self._heartbeat_interval_s = 1.0
 
     @property
     def busy(self) -> int:
@@ -185,7 +189,9 @@ class MinerAgent:
         if self.draining:
             await ws.send(encode(Draining()))
         self.connected.set()
-        heartbeat = asyncio.create_task(self._heartbeat(ws, reply.heartbeat_interval_s))
+        self._heartbeat_interval_s = reply.heartbeat_interval_s
+        self.parked = False
+        heartbeat = asyncio.create_task(self._heartbeat(ws))
         try:
             async for frame in ws:
                 self._handle(ws, frame)
@@ -212,6 +218,10 @@ class MinerAgent:
             task = asyncio.create_task(self._run(ws, message))
             self._running[message.task_id] = task
             task.add_done_callback(lambda _: self._running.pop(message.task_id, None))
+        elif isinstance(message, Park):
+            self.parked = message.parked
+            self._heartbeat_interval_s = message.heartbeat_interval_s
+            log.info("%s by the router", "parked" if message.parked else "activated")
         elif isinstance(message, TaskCancel):
             running = self._running.get(message.task_id)
             if running is not None:
@@ -275,7 +285,7 @@ class MinerAgent:
         except Exception as exc:  # handed to the sender, which reports it
             queue.put_nowait(exc)
 
-    async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
+    async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
             usage = self.host.sample()
             beat = Heartbeat(
@@ -289,7 +299,7 @@ class MinerAgent:
                 prefix_blocks=self._cached_prefixes(),
             )
             await ws.send(encode(beat))
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self._heartbeat_interval_s)
 
     def _cached_prefixes(self) -> tuple[int, ...] | None:
         if not isinstance(self._engine, TracksCache):

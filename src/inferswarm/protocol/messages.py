@@ -13,6 +13,7 @@ Flow::
       | -- TaskChunk ... ---------->  |   (one per generated piece of text)
       | -- TaskDone | TaskFailed -->  |
       | <-------------- TaskCancel -- |   (client went away)
+      | <-------------------- Park -- |   (standby autoscaling: parked or active)
 """
 
 from __future__ import annotations
@@ -125,6 +126,19 @@ class Draining(_Message):
     """The miner is shutting down: send it nothing new; it finishes what it has."""
 
     type: Literal["draining"] = "draining"
+
+
+class Park(_Message):
+    """Standby autoscaling: a parked miner is sent no tasks and heartbeats
+    every ``heartbeat_interval_s``; ``parked=False`` makes it active again.
+
+    Added after version 1 without a version bump: a miner that does not know
+    it ignores the frame (the router parks it all the same, it just keeps
+    heartbeating at the normal rate)."""
+
+    type: Literal["park"] = "park"
+    parked: bool
+    heartbeat_interval_s: float = Field(gt=0)
 
 
 class GpuUsage(_Message):
@@ -242,7 +256,7 @@ MinerMessage = Annotated[
     Field(discriminator="type"),
 ]
 RouterMessage = Annotated[
-    Registered | Refused | TaskAssign | TaskCancel, Field(discriminator="type")
+    Registered | Refused | TaskAssign | TaskCancel | Park, Field(discriminator="type")
 ]
 
 _MINER_MESSAGES: TypeAdapter[MinerMessage] = TypeAdapter(MinerMessage)

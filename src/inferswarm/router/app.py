@@ -19,6 +19,7 @@ from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.api import (
     admin,
+    autoscale,
     batches,
     completions,
     dashboard,
@@ -37,6 +38,8 @@ from inferswarm.router.gateway import serve_miner
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.network_view import NetworkView
 from inferswarm.router.registry import Clock, MinerRegistry
+from inferswarm.router.scale.autoscaler import Autoscaler
+from inferswarm.router.scale.build import JoinTokens, build_autoscaler
 from inferswarm.router.segment.batch_runner import BatchRunner
 from inferswarm.router.segment.mapreduce_runner import MapReduceRunner
 from inferswarm.router.settings import RouterSettings
@@ -91,11 +94,16 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         await app.state.job_runner.start()
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
         sampler = asyncio.create_task(_sample_every_second(app.state.metrics))
+        scaler: Autoscaler | None = app.state.autoscaler
+        scaling = asyncio.create_task(scaler.run()) if scaler else None
         try:
             yield
         finally:
             watchdog.cancel()
             sampler.cancel()
+            if scaler and scaling:
+                scaling.cancel()
+                await scaler.close()
             await runner.stop()
             await app.state.job_runner.stop()
             await store.close()
@@ -125,6 +133,10 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         deps.wall_clock,
         settings.policy.value,
     )
+    tokens = JoinTokens(lambda: None if settings.open_join else app.state.access)
+    app.state.autoscaler = build_autoscaler(
+        settings, registry, app.state.metrics, deps.clock, deps.wall_clock, tokens
+    )
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -134,7 +146,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     )
     app.add_middleware(RefuseWhileDraining)
     authed = [Depends(require_api_key)]
-    apis = (completions, models, miners, files, batches, jobs, network)
+    apis = (completions, models, miners, files, batches, jobs, network, autoscale)
     for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
     app.include_router(admin.router, dependencies=[Depends(require_admin)])

@@ -21,6 +21,8 @@ class EventKind(StrEnum):
     MIGRATION = "migration"
     HEDGE = "hedge"
     FAILOVER = "failover"
+    SCALE = "scale"
+    """The autoscaler changed the miner count (not about one miner)."""
 
 
 @dataclass(frozen=True, slots=True)

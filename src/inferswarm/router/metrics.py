@@ -15,6 +15,7 @@ time, so they are never stale and never duplicated. Each router owns its own
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
@@ -56,6 +57,7 @@ EVENT_COUNTERS = {
         "inferswarm_failovers",
         "Tasks retried on another miner after failing before any output.",
     ),
+    EventKind.SCALE: ("inferswarm_scale_changes", "Miner count changes by the autoscaler."),
 }
 
 TIMELINE_COUNTERS = ("requests", "errors", "prompt_tokens", "generation_tokens")
@@ -76,6 +78,8 @@ class RouterMetrics:
         self._miners = miners
         self._queue = queue
         self.running = 0
+        self.running_by_model: collections.Counter[str] = collections.Counter()
+        """Requests in flight per model, queued or generating: the autoscaler's demand."""
         request = ("model", "tier")
         self.requests = Counter(
             "inferswarm_requests",
@@ -146,6 +150,8 @@ class RouterMetrics:
         self.timeline.gauge(now, "slots", sum(c.info.slots for c in connections))
         self.timeline.gauge(now, "busy_slots", sum(len(c.tasks) for c in connections))
         self.timeline.gauge(now, "miners", len(connections))
+        for model, running in self.running_by_model.items():
+            self.timeline.gauge(now, per_model("in_flight", model), running)
 
     async def measured(
         self, dispatcher: Dispatcher, job: Job, trace: Trace | None = None
@@ -158,6 +164,8 @@ class RouterMetrics:
         first_token = True
         self.in_flight.labels(job.model).inc()
         self.running += 1
+        self.running_by_model[job.model] += 1
+        self.timeline.count(self._wall_clock(), per_model("arrivals", job.model))
         try:
             async with aclosing(dispatcher.run(job, trace)) as events:
                 async for event in events:
@@ -168,6 +176,9 @@ class RouterMetrics:
                         if first_token:
                             first_token = False
                             self._observe("ttft", self.ttft, labels, now - started)
+                            self.timeline.observe(
+                                self._wall_clock(), per_model("ttft", job.model), now - started
+                            )
                             gaps -= 1  # tokens that came along with the first one
                         # A chunk of n tokens spreads its gap over them, so there is
                         # one inter-token latency per output token after the first.
@@ -189,6 +200,7 @@ class RouterMetrics:
             labels = (job.model, _tier(trace))
             self.in_flight.labels(job.model).dec()
             self.running -= 1
+            self.running_by_model[job.model] -= 1
             self.requests.labels(*labels, outcome).inc()
             self._observe("queue", self.queue_time, labels, trace.queue_wait_s)
             self.timeline.count(self._wall_clock(), "requests")
@@ -202,6 +214,11 @@ class RouterMetrics:
         self.prompt_tokens.labels(*labels).inc(done.prompt_tokens)
         self.generation_tokens.labels(*labels).inc(done.completion_tokens)
         self.timeline.count(now, "prompt_tokens", done.prompt_tokens)
+
+
+def per_model(name: str, model: str) -> str:
+    """The timeline series of ``name`` for one model (the plain name is network-wide)."""
+    return f"{name}:{model}"
 
 
 def _tier(trace: Trace) -> str:

@@ -20,6 +20,7 @@ from inferswarm.protocol import (
     MinerId,
     ModelName,
     ModelOffer,
+    Park,
     Register,
     TaskAssign,
     TaskCancel,
@@ -98,6 +99,8 @@ class MinerConnection:
     state: MinerState = MinerState.LIVE
     heartbeat: Heartbeat | None = None
     last_heartbeat_at: float | None = None
+    silence_allowed_s: float | None = None
+    """Overrides the heartbeat timeout, for a parked miner that beats slowly."""
     tasks: dict[TaskId, TaskInFlight] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
@@ -356,12 +359,40 @@ class MinerRegistry:
         self._background.add(notice)
         notice.add_done_callback(self._background.discard)
 
+    def drain(self, conn: MinerConnection, reason: str) -> None:
+        """Give the miner no new tasks; those in flight run to the end."""
+        if conn.state is MinerState.LIVE:
+            conn.state = MinerState.DRAINING
+            self.note(EventKind.DRAINING, conn.miner_id, reason)
+
+    async def park(self, conn: MinerConnection, heartbeat_interval_s: float) -> None:
+        """Hold an idle miner in reserve: no tasks, slow heartbeats."""
+        conn.state = MinerState.PARKED
+        conn.silence_allowed_s = max(self._heartbeat_timeout_s, 3 * heartbeat_interval_s)
+        await _send_quietly(
+            conn, encode(Park(parked=True, heartbeat_interval_s=heartbeat_interval_s))
+        )
+
+    async def activate(self, conn: MinerConnection, heartbeat_interval_s: float) -> None:
+        """Offer a parked (or draining) miner work again."""
+        conn.state = MinerState.LIVE
+        conn.silence_allowed_s = None
+        await _send_quietly(
+            conn, encode(Park(parked=False, heartbeat_interval_s=heartbeat_interval_s))
+        )
+        self._freed(conn.info.slots)
+
     async def expire_silent(self) -> list[MinerConnection]:
-        """Drop miners whose last frame is older than the heartbeat timeout."""
-        deadline = self._clock() - self._heartbeat_timeout_s
-        silent = [c for c in self._miners.values() if c.last_seen < deadline]
+        """Drop miners whose last frame is older than their heartbeat timeout."""
+        now = self._clock()
+        silent = [
+            c
+            for c in self._miners.values()
+            if now - c.last_seen > (c.silence_allowed_s or self._heartbeat_timeout_s)
+        ]
         for conn in silent:
-            reason = f"no heartbeat for more than {self._heartbeat_timeout_s:g} s"
+            allowed = conn.silence_allowed_s or self._heartbeat_timeout_s
+            reason = f"no heartbeat for more than {allowed:g} s"
             await self.remove(conn, reason)
             await conn.close(reason)
         return silent

@@ -51,6 +51,8 @@ class Policy(StrEnum):
 class MinerState(StrEnum):
     LIVE = "live"
     DRAINING = "draining"
+    PARKED = "parked"
+    """Standby autoscaling holds it in reserve: connected, offered no work."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from platformdirs import user_data_path
 
 from inferswarm.router.dispatch import DispatchLimits
+from inferswarm.router.scale.settings import ScaleSettings
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 
@@ -55,6 +56,8 @@ class RouterSettings:
     """Before a failed batch task is tried again; doubles with each attempt."""
     task_max_attempts: int = 5
     limits: DispatchLimits = field(default_factory=DispatchLimits)
+    autoscale: ScaleSettings | None = None
+    """None: the miner pool is whatever joins."""
 
     def database_url(self) -> str:
         return self.store_url or f"sqlite+aiosqlite:///{self.data_dir / 'router.db'}"

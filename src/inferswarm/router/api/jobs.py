@@ -55,6 +55,12 @@ class MapReduceRequest(BaseModel):
     map_max_tokens: int = Field(default=128, ge=1)
     reduce_max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0, le=2)
+    frequency_penalty: float = Field(
+        default=0.3,
+        ge=-2,
+        le=2,
+        description="Discourages the loops small models fall into when decoding greedily.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> MapReduceRequest:
@@ -87,6 +93,7 @@ async def create_job(request: Request) -> dict[str, Any]:
         reduce_max_tokens=body.reduce_max_tokens,
         reduce_input_tokens=sizes.reduce_input_tokens(),
         temperature=body.temperature,
+        frequency_penalty=body.frequency_penalty,
     )
     job = JobRecord(
         id=job_id,

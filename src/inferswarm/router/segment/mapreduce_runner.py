@@ -46,10 +46,11 @@ class MapReduceParams:
     reduce_max_tokens: int
     reduce_input_tokens: int
     temperature: float
+    frequency_penalty: float = 0.0
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> MapReduceParams:
-        return cls(**{name: params[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__ if name in params})
 
 
 class JobFailed(Exception):
@@ -212,7 +213,12 @@ class MapReduceRunner:
     ) -> dict[str, Any]:
         job = Job(
             model=ModelName(params.model),
-            sampling=SamplingParams(max_tokens=max_tokens, temperature=params.temperature, seed=0),
+            sampling=SamplingParams(
+                max_tokens=max_tokens,
+                temperature=params.temperature,
+                seed=0,
+                frequency_penalty=params.frequency_penalty,
+            ),
             messages=(ChatMessage(role="user", content=prompt),),
             tenant=f"job:{task.job_id}",
         )

@@ -1,0 +1,223 @@
+"""The autoscaler loop: every few seconds, read the signals of each model,
+decide, and have the provider carry the decision out.
+
+Scale-down always drains first: the chosen miners are given no new tasks
+here, in the router, and only released (stopped, parked) once the tasks
+they had are done, so no request is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from inferswarm.router.events import EventKind
+from inferswarm.router.registry import MinerConnection, MinerRegistry
+from inferswarm.router.scale.policy import (
+    Decision,
+    Direction,
+    ModelSignals,
+    ScaleMemory,
+    ScalePolicy,
+    decide,
+)
+from inferswarm.router.scale.providers import Provider, serves
+from inferswarm.router.scale.signals import SignalReader
+from inferswarm.router.schedule import MinerState
+
+log = logging.getLogger(__name__)
+
+DECISIONS_KEPT = 100
+DRAIN_POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    evaluation: int
+    """Which evaluation (1, 2, ...) made it."""
+    at: float
+    """Wall-clock time."""
+    decision: Decision
+    signals: ModelSignals
+    action: str
+    """What the provider did, or why nothing was done."""
+
+
+class ScaleMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.desired = Gauge(
+            "inferswarm_autoscale_desired_miners",
+            "Miners the autoscaler wants for a model.",
+            ("model",),
+            registry=registry,
+        )
+        self.current = Gauge(
+            "inferswarm_autoscale_current_miners",
+            "Live and starting miners for a model, as the autoscaler counts them.",
+            ("model",),
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "inferswarm_autoscale_decisions",
+            "Autoscaler decisions, by direction: up, down or hold.",
+            ("model", "direction"),
+            registry=registry,
+        )
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        policy: ScalePolicy,
+        provider: Provider,
+        registry: MinerRegistry,
+        reader: SignalReader,
+        metrics: ScaleMetrics,
+        *,
+        interval_s: float,
+        drain_timeout_s: float,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.policy = policy
+        self.provider = provider
+        self._registry = registry
+        self._reader = reader
+        self._metrics = metrics
+        self.interval_s = interval_s
+        self._drain_timeout_s = drain_timeout_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._memory: dict[str, ScaleMemory] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        self._task_ended = asyncio.Event()
+        registry.on_capacity(lambda _slots: self._task_ended.set())
+        self.evaluations = 0
+        self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
+
+    async def run(self) -> None:
+        """Start the first miners, then evaluate every ``interval_s`` until cancelled."""
+        await self.provider.start(self.policy.min_miners)
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.evaluate()
+            except Exception:
+                log.exception("autoscaler evaluation failed; will try again")
+
+    async def released(self) -> None:
+        """Wait until the miners being drained have been released."""
+        await asyncio.gather(*self._releases)
+
+    async def close(self) -> None:
+        for release in list(self._releases):
+            release.cancel()
+        await self.provider.close()
+
+    def models(self) -> set[str]:
+        served = {
+            offer.name
+            for conn in self._registry.connections()
+            if self.provider.owns(conn) and conn.state is not MinerState.DRAINING
+            for offer in conn.info.models
+        }
+        return served | self.provider.models()
+
+    async def evaluate(self) -> list[DecisionRecord]:
+        """One round over every model; what was decided."""
+        self.evaluations += 1
+        models = self.models()
+        if not models:  # nothing joined yet, or the first miners died: start them again
+            await self.provider.start(self.policy.min_miners)
+        return [await self._evaluate(model) for model in sorted(models)]
+
+    async def _evaluate(self, model: str) -> DecisionRecord:
+        now = self._clock()
+        miners = [c for c in self._registry.connections() if serves(c, model)]
+        starting = self.provider.starting(model, now)
+        signals = self._reader.read(model, miners, starting, self._wall_clock())
+        memory = self._memory.get(model, ScaleMemory())
+        decision, memory = decide(self.policy, signals, memory, now)
+        decision = self._within_headroom(decision)
+        if decision.direction is not Direction.HOLD:
+            self._memory[model] = memory
+        else:
+            # A hold remembers what was wanted, but not a change that did not happen.
+            self._memory[model] = ScaleMemory(
+                self._memory.get(model, ScaleMemory()).last_change_at,
+                memory.last_slo_step_at,
+                memory.wanted,
+            )
+        action = await self._carry_out(decision, miners, now)
+        return self._record(decision, signals, action)
+
+    def _within_headroom(self, decision: Decision) -> Decision:
+        if decision.direction is not Direction.UP:
+            return decision
+        room = self.provider.headroom(decision.model)
+        if room is None or decision.desired - decision.current <= room:
+            return decision
+        desired = decision.current + room
+        reason = (
+            f"{decision.reason}; wants {decision.desired} but {self.provider.name} "
+            f"has room for {room} more"
+        )
+        return Decision(decision.model, decision.current, desired, reason)
+
+    async def _carry_out(
+        self, decision: Decision, miners: list[MinerConnection], now: float
+    ) -> str:
+        change = decision.desired - decision.current
+        if change > 0:
+            return await self.provider.grow(decision.model, change, now)
+        if change < 0:
+            return self._drain(decision, miners, -change)
+        return ""
+
+    def _drain(self, decision: Decision, miners: list[MinerConnection], count: int) -> str:
+        candidates = [c for c in miners if c.state is MinerState.LIVE and self.provider.owns(c)]
+        # The least busy first; among equals the newest, so long-lived miners stay.
+        candidates.sort(key=lambda c: (len(c.tasks), -c.connected_at))
+        chosen = candidates[:count]
+        for conn in chosen:
+            self._registry.drain(conn, f"autoscaler: {decision.reason}")
+        release = asyncio.create_task(self._release_when_idle(decision.model, chosen))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+        names = ", ".join(c.info.name for c in chosen) or "none of ours"
+        return f"draining {names}"
+
+    async def _release_when_idle(self, model: str, conns: list[MinerConnection]) -> None:
+        deadline = self._clock() + self._drain_timeout_s
+        while any(c.tasks for c in conns) and self._clock() < deadline:
+            self._task_ended.clear()
+            # Woken when any task ends; the timeout covers miners that vanish.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._task_ended.wait(), DRAIN_POLL_S * 10)
+        try:
+            action = await self.provider.release(model, conns)
+        except Exception:
+            log.exception("releasing drained miners failed")
+            return
+        log.info("autoscaler released %s miner(s) of %s: %s", len(conns), model, action)
+
+    def _record(self, decision: Decision, signals: ModelSignals, action: str) -> DecisionRecord:
+        record = DecisionRecord(self.evaluations, self._wall_clock(), decision, signals, action)
+        model, direction = decision.model, decision.direction
+        self._metrics.desired.labels(model).set(decision.desired)
+        self._metrics.current.labels(model).set(decision.current)
+        self._metrics.decisions.labels(model, direction.value).inc()
+        self.decisions.append(record)
+        summary = f"{model}: {decision.current} → {decision.desired} miners ({decision.reason})"
+        if direction is Direction.HOLD:
+            log.debug("autoscaler holds %s", summary)
+            return record
+        log.info("autoscaler scales %s %s; %s", direction.value, summary, action)
+        self._registry.events.record(EventKind.SCALE, "", "autoscaler", f"{summary}; {action}")
+        return record

@@ -1,0 +1,206 @@
+"""The autoscaler loop with the standby and command providers, in process:
+a real registry and metrics, miners as recorded WebSocket senders, a set clock."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from inferswarm.protocol import (
+    PROTOCOL_VERSION,
+    HardwareProfile,
+    MinerId,
+    ModelName,
+    ModelOffer,
+    Park,
+    Register,
+    SamplingParams,
+    TaskAssign,
+    TaskDone,
+    TaskId,
+    parse_router_message,
+)
+from inferswarm.router.admission import WaitQueue
+from inferswarm.router.events import EventKind
+from inferswarm.router.metrics import RouterMetrics
+from inferswarm.router.registry import MinerConnection, MinerRegistry
+from inferswarm.router.scale.autoscaler import Autoscaler, ScaleMetrics
+from inferswarm.router.scale.policy import ScalePolicy
+from inferswarm.router.scale.providers import CommandProvider, Provider, StandbyProvider
+from inferswarm.router.scale.signals import SignalReader
+from inferswarm.router.schedule import MinerState
+
+MODEL = ModelName("m")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Miner:
+    """What the router sent one miner."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def send(self, frame: str) -> None:
+        self.frames.append(frame)
+
+    async def close(self, reason: str) -> None:
+        return None
+
+    def parks(self) -> list[bool]:
+        messages = [parse_router_message(f) for f in self.frames]
+        return [m.parked for m in messages if isinstance(m, Park)]
+
+
+def register(name: str, slots: int) -> Register:
+    return Register(
+        protocol_version=PROTOCOL_VERSION,
+        miner_id=MinerId(f"id-{name}"),
+        name=name,
+        engine="fake",
+        hardware=HardwareProfile(cpu_model="x", cpu_cores=2, ram_bytes=2**30),
+        models=(ModelOffer(name=MODEL, context_length=512),),
+        slots=slots,
+    )
+
+
+class World:
+    def __init__(self, provider_for: type[Provider] | None = None, command: str = "") -> None:
+        self.clock = Clock()
+        self.registry = MinerRegistry(self.clock, heartbeat_timeout_s=5, wall_clock=self.clock)
+        self.metrics = RouterMetrics(self.registry, WaitQueue(10, 10), self.clock)
+        self.policy = ScalePolicy(
+            min_miners=1, max_miners=3, scale_down_window_s=10, scale_down_cooldown_s=10
+        )
+        self.provider: Provider = (
+            CommandProvider(command, (MODEL,), self.registry, start_timeout_s=30)
+            if command
+            else StandbyProvider(self.registry, parked_heartbeat_s=5, heartbeat_s=1)
+        )
+        self.scaler = Autoscaler(
+            self.policy,
+            self.provider,
+            self.registry,
+            SignalReader(self.metrics),
+            ScaleMetrics(self.metrics.registry),
+            interval_s=2,
+            drain_timeout_s=30,
+            clock=self.clock,
+            wall_clock=self.clock,
+        )
+        self.miners: dict[str, Miner] = {}
+
+    async def join(self, name: str, slots: int = 1) -> MinerConnection:
+        miner = self.miners[name] = Miner()
+        return await self.registry.add(register(name, slots), miner.send, miner.close)
+
+    async def tick(self, seconds: float = 2) -> None:
+        self.clock.now += seconds
+        await self.scaler.evaluate()
+
+    def states(self) -> dict[str, str]:
+        return {c.info.name: c.state.value for c in self.registry.connections()}
+
+
+def task(n: int) -> TaskAssign:
+    return TaskAssign(
+        task_id=TaskId(f"t{n}"), model=MODEL, prompt="p", sampling=SamplingParams(max_tokens=4)
+    )
+
+
+async def settle() -> None:
+    import asyncio
+
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_standby_parks_idle_miners_one_by_one_and_activates_them_under_load() -> None:
+    world = World()
+    for name in ("a", "b", "c"):
+        await world.join(name)
+    for _ in range(12):  # idle: down to the minimum, one miner per cooldown
+        await world.tick()
+        await settle()
+    assert sorted(world.states().values()) == ["live", "parked", "parked"]
+    parked = [name for name, state in world.states().items() if state == "parked"]
+    assert all(world.miners[name].parks() == [True] for name in parked)
+    assert world.registry.get(MinerId(f"id-{parked[0]}")).silence_allowed_s == 15  # type: ignore[union-attr]
+    assert [c.info.name for c in world.registry.served_models()[MODEL]] == [
+        n for n, s in world.states().items() if s == "live"
+    ]
+
+    world.metrics.running_by_model[MODEL] = 3  # three requests in flight, one slot live
+    await world.tick()
+    assert sorted(world.states().values()) == ["live", "live", "live"]
+    assert all(world.miners[name].parks() == [True, False] for name in parked)
+    kinds = [e.kind for e in world.registry.events.recent()]
+    assert kinds.count(EventKind.SCALE) == 3
+    up = world.scaler.decisions[-1]
+    assert (up.decision.current, up.decision.desired) == (1, 3)
+    assert "waiting 3" in up.decision.reason
+
+
+async def test_scale_down_drains_first_and_releases_only_when_the_tasks_are_done() -> None:
+    world = World()
+    a = await world.join("a", slots=4)
+    b = await world.join("b", slots=4)
+    await world.registry.start_task(a.miner_id, task(1), expected_tokens=4)
+    await world.registry.start_task(b.miner_id, task(2), expected_tokens=4)
+    world.metrics.running_by_model[MODEL] = 2  # 2 busy of 8 slots: one miner is enough
+    await world.tick()
+    await settle()
+    states = world.states()
+    assert sorted(states.values()) == ["draining", "live"]
+    drained = next(c for c in (a, b) if c.state is MinerState.DRAINING)
+    assert world.miners[drained.info.name].parks() == []  # still running its task
+    for _ in range(3):
+        await world.tick()
+        await settle()
+    assert drained.state is MinerState.DRAINING
+    task_id = next(iter(drained.tasks))
+    done = TaskDone(task_id=task_id, finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+    world.registry.on_message(drained, done)
+    await settle()
+    assert drained.state is MinerState.PARKED
+    assert world.miners[drained.info.name].parks() == [True]
+    drains = [e for e in world.registry.events.recent() if e.kind is EventKind.DRAINING]
+    assert [e.miner_name for e in drains] == [drained.info.name]
+    assert drains[0].detail.startswith("autoscaler: ")
+
+
+async def test_the_command_provider_runs_the_operator_command_with_count_and_model(
+    tmp_path: Path,
+) -> None:
+    calls = tmp_path / "calls"
+    script = f"{sys.executable} -c \"import sys; open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + chr(10))\" {calls} {{model}} {{count}} {{miners}}"
+    world = World(command=script)
+    await world.scaler.provider.start(1)
+    assert not calls.exists()  # no command before the first evaluation has counted miners
+    await world.tick()
+    assert calls.read_text().splitlines() == ["m 1 "]  # up to the minimum; none drained
+    await world.join("one")
+    world.metrics.running_by_model[MODEL] = 3
+    await world.tick()
+    assert calls.read_text().splitlines()[-1] == "m 3 "
+    # The two asked for count as starting: no second command while they come up.
+    await world.tick()
+    assert len(calls.read_text().splitlines()) == 2
+    assert world.scaler.decisions[-1].signals.miners == 3
+    # Demand gone: after the cooldown one miner is drained, then the command is told the
+    # new count and which miner to stop (the newest of the idle ones).
+    await world.join("two")
+    world.clock.now += 0.1
+    await world.join("three")
+    world.metrics.running_by_model[MODEL] = 0
+    for _ in range(6):
+        await world.tick()
+    await world.scaler.released()
+    assert calls.read_text().splitlines()[2] == "m 2 three"
+    assert world.states()["three"] == "draining"
