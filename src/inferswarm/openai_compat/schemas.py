@@ -34,6 +34,8 @@ class InferswarmOptions(BaseModel):
     """Run each task on this many distinct miners and answer with their consensus."""
     consensus: str | None = None
     """exact (greedy, fixed seed, same tokens) or semantic (embedding similarity)."""
+    min_precision: str | None = Field(default=None, max_length=32)
+    """Serve only with a variant at least this precise (e.g. ``q8_0``)."""
 
 
 class _Request(BaseModel):

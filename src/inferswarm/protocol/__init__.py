@@ -32,8 +32,16 @@ from inferswarm.protocol.messages import (
     parse_miner_message,
     parse_router_message,
 )
+from inferswarm.protocol.variants import (
+    BITS_PER_WEIGHT,
+    ModelRef,
+    known_variants,
+    precision_bits,
+    split_model_name,
+)
 
 __all__ = [
+    "BITS_PER_WEIGHT",
     "PROTOCOL_VERSION",
     "Capability",
     "Challenge",
@@ -50,6 +58,7 @@ __all__ = [
     "MinerMessage",
     "ModelName",
     "ModelOffer",
+    "ModelRef",
     "Park",
     "Refused",
     "Register",
@@ -64,6 +73,9 @@ __all__ = [
     "TaskFailed",
     "TaskId",
     "encode",
+    "known_variants",
     "parse_miner_message",
     "parse_router_message",
+    "precision_bits",
+    "split_model_name",
 ]

@@ -76,7 +76,15 @@ class Capability(_Message):
 
 
 class ModelOffer(_Message):
-    """One model a miner serves."""
+    """One model a miner serves.
+
+    ``name`` is ``family:variant`` (``smollm2-135m-instruct:q8_0``); a request
+    for the family may be served by any variant. ``file_hash`` is the sha256
+    (hex) of the GGUF file, so results can be tied to the exact weights.
+    ``memory_bytes`` is the estimated memory to serve it (weights, KV cache
+    for ``context_length``, overhead). The fields after ``capability`` are
+    optional so older miners still register.
+    """
 
     name: ModelName
     context_length: int = Field(ge=1)
@@ -84,6 +92,11 @@ class ModelOffer(_Message):
     quantization: str = ""
     has_chat_template: bool = True
     capability: Capability | None = None
+    family: str = ""
+    architecture: str = ""
+    parameters: int = Field(default=0, ge=0)
+    file_bytes: int = Field(default=0, ge=0)
+    memory_bytes: int = Field(default=0, ge=0)
 
 
 class Register(_Message):

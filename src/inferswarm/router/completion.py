@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import InvalidRequest, NotFound, PermissionDenied
 from inferswarm.protocol import ChatMessage, ModelName, SamplingParams, TaskChunk, TaskDone
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants
 from inferswarm.router.affinity import min_prompt_tokens
 from inferswarm.router.dispatch import Job
 from inferswarm.router.registry import MinerRegistry
@@ -48,7 +49,11 @@ class Plan:
 def plan_chat(body: schemas.ChatCompletionRequest, caller: Caller, registry: MinerRegistry) -> Plan:
     messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
     check_model(
-        ModelName(body.model), "".join(m.content for m in messages), body.max_tokens, registry
+        ModelName(body.model),
+        "".join(m.content for m in messages),
+        body.max_tokens,
+        registry,
+        _min_precision(body),
     )
     choices = plan_choices(1, body.n, body.seed)
     jobs = [_job(body, caller, body.max_tokens, c.seed, messages=messages) for c in choices]
@@ -60,7 +65,9 @@ def plan_completion(
 ) -> Plan:
     max_tokens = body.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
     prompts = body.prompts()
-    check_model(ModelName(body.model), max(prompts, key=len), max_tokens, registry)
+    check_model(
+        ModelName(body.model), max(prompts, key=len), max_tokens, registry, _min_precision(body)
+    )
     choices = plan_choices(len(prompts), body.n, body.seed)
     jobs = [_job(body, caller, max_tokens, c.seed, prompt=prompts[c.prompt_index]) for c in choices]
     return Plan(jobs, choices)
@@ -94,7 +101,12 @@ def _job(
         session=body.session_key(),
         policy=_policy_override(body, caller),
         hedge=bool(caller.hedge_default if asked_hedge is None else asked_hedge),
+        min_precision=_min_precision(body),
     )
+
+
+def _min_precision(body: AnyRequest) -> str | None:
+    return body.inferswarm.min_precision if body.inferswarm else None
 
 
 def _policy_override(body: AnyRequest, caller: Caller) -> Policy | None:
@@ -119,19 +131,45 @@ def _policy_override(body: AnyRequest, caller: Caller) -> Policy | None:
 
 
 def check_model(
-    model: ModelName, job_text: str, max_tokens: int | None, registry: MinerRegistry
+    model: ModelName,
+    job_text: str,
+    max_tokens: int | None,
+    registry: MinerRegistry,
+    min_precision: str | None = None,
 ) -> None:
-    """Refuse, with what to change, a request no live miner could serve."""
+    """Refuse, with what to change, a request no live miner could serve.
+
+    ``model`` may name a family (any variant serves it) or one variant.
+    """
     served = registry.served_models()
-    if model not in served:
+    try:
+        resolution = resolve_variants(model, served, min_precision)
+    except UnknownPrecision as exc:
+        raise InvalidRequest(
+            f"{exc}.", param="inferswarm.min_precision", code="invalid_request"
+        ) from None
+    if resolution.too_imprecise:
+        raise NotFound(
+            f"No live miner serves '{model}' at {min_precision} precision or better; served "
+            f"variants: {', '.join(resolution.too_imprecise)}. Lower min_precision or start a "
+            "miner with a more precise variant.",
+            param="inferswarm.min_precision",
+            code="model_not_found",
+        )
+    if not resolution.variants:
         available = ", ".join(sorted(served)) or "none (no miner is connected)"
         raise NotFound(
-            f"The model '{model}' is not served by any live miner. Available models: {available}.",
+            f"The model '{model}' is not served by any live miner. Available models: {available}. "
+            "Ask for a family (e.g. 'smollm2-135m-instruct') to take any of its variants.",
             param="model",
             code="model_not_found",
         )
     largest_context = max(
-        o.context_length for c in served[model] for o in c.info.models if o.name == model
+        o.context_length
+        for name in resolution.variants
+        for c in served[name]
+        for o in c.info.models
+        if o.name == name
     )
     if max_tokens is not None and max_tokens >= largest_context:
         raise InvalidRequest(

@@ -39,6 +39,7 @@ from inferswarm.protocol import (
 )
 from inferswarm.protocol.messages import ChatMessage
 from inferswarm.protocol.prefix import prompt_text
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants, variant_on
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.affinity import (
     BLOCK_CHARS,
@@ -101,12 +102,16 @@ class Job:
     every copy runs on a different miner."""
     model_hash: str = ""
     """Run only on miners whose model file has this SHA-256 (verification)."""
+    min_precision: str | None = None
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""
         return prompt_text(self.prompt, self.messages)
 
-    def assign(self, task_id: TaskId, resume: Resume | None = None) -> TaskAssign:
+    def assign(
+        self, task_id: TaskId, resume: Resume | None = None, model: ModelName | None = None
+    ) -> TaskAssign:
+        """The task for one miner; ``model`` is the variant it runs (default: as asked)."""
         sampling = self.sampling
         if resume is not None and sampling.max_tokens is not None:
             sampling = sampling.model_copy(
@@ -114,7 +119,7 @@ class Job:
             )
         return TaskAssign(
             task_id=task_id,
-            model=self.model,
+            model=model or self.model,
             prompt=self.prompt,
             messages=self.messages,
             sampling=sampling,
@@ -358,6 +363,7 @@ class Dispatcher:
             prefix_blocks=placement.prefix,
             block_tokens=BLOCK_CHARS // CHARS_PER_TOKEN_UPPER,
             session=job.session,
+            min_precision=job.min_precision,
         )
         decision = choose_miner(needs, self._registry.snapshot(), job.policy or self._policy)
         log.debug("task for %s: %s", job.model, decision.reason)
@@ -366,7 +372,9 @@ class Dispatcher:
     async def _attempt(
         self, job: Job, placement: _Placement, miner_id: MinerId, resume: Resume | None
     ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        task = job.assign(TaskId(f"task-{uuid.uuid4().hex}"), resume)
+        task = job.assign(
+            TaskId(f"task-{uuid.uuid4().hex}"), resume, self._variant_on(job, placement, miner_id)
+        )
         expected = job.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
         queue = await self._registry.start_task(
             miner_id, task, expected_tokens=expected, prefix=placement.prefix, session=job.session
@@ -434,6 +442,20 @@ class Dispatcher:
                 yield event
         finally:
             await winner.aclose()
+
+    def _variant_on(self, job: Job, placement: _Placement, miner_id: MinerId) -> ModelName | None:
+        """The variant of the job's model that this miner is to run: the most
+        precise it serves that fits (what the scheduler chose it for)."""
+        conn = self._registry.get(miner_id)
+        if conn is None:
+            return None
+        windows = {o.name: o.context_length for o in conn.info.models}
+        try:
+            variants = resolve_variants(job.model, windows, job.min_precision).variants
+        except UnknownPrecision:
+            return None
+        needed = placement.prompt_tokens + (job.sampling.max_tokens or 1)
+        return variant_on(variants, windows, needed)
 
     def _progress_deadline(self, miner_id: MinerId) -> float:
         """Seconds a stream may go without a token on this miner: many times its

@@ -20,6 +20,7 @@ from inferswarm.protocol import (
     Heartbeat,
     MinerId,
     ModelName,
+    ModelOffer,
     Park,
     Register,
     TaskAssign,
@@ -31,6 +32,7 @@ from inferswarm.protocol import (
     encode,
 )
 from inferswarm.protocol.signing import result_payload, verify_signature
+from inferswarm.protocol.variants import resolve_variants
 from inferswarm.router.affinity import PrefixIndex, SessionMap
 from inferswarm.router.capacity import SpeedTracker, claimed_speed
 from inferswarm.router.events import EventKind, EventLog
@@ -281,6 +283,18 @@ class MinerRegistry:
                 for offer in conn.info.models:
                     served.setdefault(offer.name, []).append(conn)
         return served
+
+    def offers_for(self, model: str) -> list[tuple[MinerConnection, ModelOffer]]:
+        """Each live miner's offers that answer ``model`` (a family: any of its variants)."""
+        served = self.served_models()
+        names = set(resolve_variants(model, served).variants)
+        return [
+            (conn, offer)
+            for name in names
+            for conn in served[name]
+            for offer in conn.info.models
+            if offer.name == name
+        ]
 
     async def add(self, info: Register, send: SendFrame, close: CloseConnection) -> MinerConnection:
         """Register a miner; a reconnecting miner replaces its stale connection."""

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
 from inferswarm.protocol import MinerId, ModelName
+from inferswarm.protocol.variants import UnknownPrecision, resolve_variants, variant_on
 
 SAMPLE_SIZE = 24
 QUEUED_PER_SLOT = 2
@@ -170,6 +171,10 @@ class TaskNeeds:
     ``prompt_tokens`` is a lower-bound estimate (the router has no tokenizer);
     ``prefix_blocks`` are the hashes of the prompt's leading blocks, each
     worth ``block_tokens`` tokens, for cache-aware routing.
+    ``model`` is the name asked for (a family or a variant); ``choose_miner``
+    fills ``variants`` with the served names that may answer it, most precise
+    first, keeping only those at least as precise as ``min_precision``
+    (left empty when ``model`` is served as it is and no floor is set).
     """
 
     model: ModelName
@@ -181,6 +186,12 @@ class TaskNeeds:
     prefix_blocks: tuple[int, ...] = ()
     block_tokens: int = 64
     session: str | None = None
+    min_precision: str | None = None
+    variants: tuple[ModelName, ...] = ()
+
+    @property
+    def needed_tokens(self) -> int:
+        return self.prompt_tokens + (self.max_tokens or 1)
 
     @property
     def expected_output_tokens(self) -> int:
@@ -195,6 +206,8 @@ class Decision:
     miner_id: MinerId | None
     reason: str
     saturated: bool = False
+    model: ModelName | None = None
+    """The variant the chosen miner is to run."""
 
 
 MinerFilter = Callable[[TaskNeeds, MinerView], bool]
@@ -213,7 +226,7 @@ def not_excluded(task: TaskNeeds, miner: MinerView) -> bool:
 
 
 def context_fits(task: TaskNeeds, miner: MinerView) -> bool:
-    return task.prompt_tokens + (task.max_tokens or 1) <= miner.context_lengths[task.model]
+    return _fits(task, miner)
 
 
 # Each filter with the explanation given when it removes the last candidate.
@@ -229,7 +242,17 @@ FILTERS: tuple[tuple[MinerFilter, str], ...] = (
 
 
 def choose_miner(task: TaskNeeds, snapshot: Snapshot, policy: Policy) -> Decision:
-    pool = snapshot.by_model.get(task.model, ())
+    if task.min_precision is not None or task.model not in snapshot.by_model:
+        # A family, or a floor on precision: resolve to served variants. A
+        # served name asked for as it is (the hot path) keeps variants empty.
+        try:
+            resolution = resolve_variants(task.model, snapshot.by_model, task.min_precision)
+        except UnknownPrecision as exc:
+            return Decision(None, str(exc))
+        if not resolution.variants:
+            return Decision(None, resolution.why_none)
+        task = replace(task, variants=resolution.variants)
+    pool = _pool(task, snapshot)
     if not pool:
         return Decision(None, f"no connected miner serves model {task.model!r}")
     rng = random.Random(task.seed)
@@ -240,14 +263,34 @@ def choose_miner(task: TaskNeeds, snapshot: Snapshot, policy: Policy) -> Decisio
     return _decide(task, pool, snapshot, policy, rng)
 
 
+def _pool(task: TaskNeeds, snapshot: Snapshot) -> tuple[MinerView, ...]:
+    """Miners serving any of the task's variants, each once."""
+    if len(task.variants) <= 1:
+        return snapshot.by_model.get(task.variants[0] if task.variants else task.model, ())
+    seen: dict[MinerId, MinerView] = {}
+    for name in task.variants:
+        for miner in snapshot.by_model.get(name, ()):
+            seen.setdefault(miner.miner_id, miner)
+    return tuple(seen.values())
+
+
 def _eligible(task: TaskNeeds, miner: MinerView) -> bool:
     """All of FILTERS in one pass (the hot path); FILTERS explain a refusal."""
     return (
         miner.state is MinerState.LIVE
         and not miner.quarantined
         and miner.miner_id not in task.exclude
-        and task.prompt_tokens + (task.max_tokens or 1) <= miner.context_lengths[task.model]
+        and _fits(task, miner)
     )
+
+
+def _fits(task: TaskNeeds, miner: MinerView) -> bool:
+    """Some variant of the task has a window on this miner for the prompt and
+    max_tokens; the model as asked (the usual case) without a call."""
+    if not task.variants:
+        window = miner.context_lengths.get(task.model)
+        return window is not None and task.prompt_tokens + (task.max_tokens or 1) <= window
+    return variant_on(task.variants, miner.context_lengths, task.needed_tokens) is not None
 
 
 def _decide(
@@ -274,7 +317,8 @@ def _decide(
     if not roomy:
         return Decision(None, f"all {eligible} miners serving {task.model!r} are full", True)
     chosen, why = _PICKERS[policy](task, roomy, snapshot, rng)
-    return Decision(chosen.miner_id, f"{policy.value}: {why}")
+    model = variant_on(task.variants or (task.model,), chosen.context_lengths, task.needed_tokens)
+    return Decision(chosen.miner_id, f"{policy.value}: {why}", model=model)
 
 
 def _why_none(task: TaskNeeds, candidates: Sequence[MinerView]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inferswarm import __version__
+from inferswarm.miner.catalog import CatalogEntry
 from inferswarm.miner.engines.base import TaskRejected
 from inferswarm.miner.engines.text import StopSequenceFilter
 from inferswarm.miner.hardware import probe_hardware
@@ -46,6 +47,9 @@ class LlamaConfig:
     threads: int | None = None
     batch_size: int = 256
     model_name: str | None = None
+    gpu_layers: int = 0
+    entry: CatalogEntry | None = None
+    """What the catalog knows of the file; without it, name and hash come from the file."""
 
 
 @dataclass
@@ -78,6 +82,7 @@ class LlamaCppEngine:
                 n_ctx=config.context_length,
                 n_threads=threads,
                 n_batch=config.batch_size,
+                n_gpu_layers=config.gpu_layers,
                 verbose=False,
             )
             first = first or llm
@@ -86,8 +91,10 @@ class LlamaCppEngine:
         self._chat = chat_formatter(first._model)
         self._threads = threads
         self.capability: Capability | None = None
-        self._model_name = ModelName(config.model_name or model_name_for(config.model_path))
-        self._hash = file_sha256(config.model_path)
+        entry = config.entry
+        default_name = entry.name if entry else model_name_for(config.model_path)
+        self._model_name = ModelName(config.model_name or default_name)
+        self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
 
     def offers(self) -> tuple[ModelOffer, ...]:
         return (
@@ -95,9 +102,14 @@ class LlamaCppEngine:
                 name=self._model_name,
                 context_length=self.config.context_length,
                 file_hash=self._hash,
-                quantization=quantization_of(self.config.model_path),
+                quantization=(
+                    self.config.entry.variant
+                    if self.config.entry
+                    else quantization_of(self.config.model_path)
+                ),
                 has_chat_template=self._chat is not None,
                 capability=self.capability,
+                **catalog_fields(self.config),
             ),
         )
 
@@ -180,6 +192,20 @@ class LlamaCppEngine:
 
 BENCH_PROMPT_TOKENS = 128
 BENCH_GENERATED_TOKENS = 32
+
+
+def catalog_fields(config: LlamaConfig) -> dict[str, Any]:
+    """The offer's catalog fields (family, size, memory estimate), when known."""
+    entry = config.entry
+    if entry is None:
+        return {}
+    return {
+        "family": entry.family,
+        "architecture": entry.architecture,
+        "parameters": entry.parameters,
+        "file_bytes": entry.file_bytes,
+        "memory_bytes": entry.memory_bytes(config.context_length, config.slots),
+    }
 
 
 def _benchmark_blocking(contexts: list[Any]) -> Capability:

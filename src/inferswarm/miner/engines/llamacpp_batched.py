@@ -39,6 +39,7 @@ from inferswarm.miner.engines.batching import (
 from inferswarm.miner.engines.llamacpp import (
     TOP_K,
     LlamaConfig,
+    catalog_fields,
     chat_formatter,
     tokenize_task,
 )
@@ -137,10 +138,10 @@ class BatchedLlamaEngine:
         from llama_cpp import _internals
 
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = config.gpu_layers
         self._model: Any = _internals.LlamaModel(
-            path_model=str(config.model_path),
-            params=llama_cpp.llama_model_default_params(),
-            verbose=False,
+            path_model=str(config.model_path), params=model_params, verbose=False
         )
         if config.slots < 1:
             available = psutil.virtual_memory().available
@@ -169,8 +170,10 @@ class BatchedLlamaEngine:
         self._ctx: Any = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch: Any = _internals.LlamaBatch(n_tokens=self._budget, embd=0, n_seq_max=1)
         self._chat = chat_formatter(self._model)
-        self._model_name = ModelName(config.model_name or model_name_for(config.model_path))
-        self._hash = file_sha256(config.model_path)
+        entry = config.entry
+        default_name = entry.name if entry else model_name_for(config.model_path)
+        self._model_name = ModelName(config.model_name or default_name)
+        self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
         self._table = SequenceTable(config.slots, reuse_prefixes=reuse_prefixes)
         self._inbox: list[_Job] = []
         self._waiting: deque[_Job] = deque()
@@ -186,9 +189,14 @@ class BatchedLlamaEngine:
                 name=self._model_name,
                 context_length=self.config.context_length,
                 file_hash=self._hash,
-                quantization=quantization_of(self.config.model_path),
+                quantization=(
+                    self.config.entry.variant
+                    if self.config.entry
+                    else quantization_of(self.config.model_path)
+                ),
                 has_chat_template=self._chat is not None,
                 capability=self.capability,
+                **catalog_fields(self.config),
             ),
         )
 

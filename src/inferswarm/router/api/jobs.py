@@ -130,12 +130,7 @@ async def _input_text(request: Request, body: MapReduceRequest) -> str:
 
 def _smallest_context(registry: MinerRegistry, model: str) -> int:
     """Chunks must fit every miner of the model, so any miner can take any chunk."""
-    return min(
-        o.context_length
-        for conn in registry.served_models()[ModelName(model)]
-        for o in conn.info.models
-        if o.name == model
-    )
+    return min(offer.context_length for _, offer in registry.offers_for(model))
 
 
 def _chunk_tokens(body: MapReduceRequest, sizes: Sizes) -> int:

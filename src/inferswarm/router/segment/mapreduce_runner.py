@@ -241,9 +241,10 @@ class MapReduceRunner:
         raise AssertionError("unreachable")
 
     def _slots(self, model: str) -> int:
+        miners = {conn.miner_id: conn for conn, _ in self._registry.offers_for(model)}
         return sum(
             conn.info.slots
-            for conn in self._registry.served_models().get(ModelName(model), [])
+            for conn in miners.values()
             if not self._registry.is_banned(conn.miner_id)
         )
 
