@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -370,7 +371,8 @@ class Verifier:
         return None
 
     async def _run_canary(self, conn: MinerConnection, canary: Canary) -> None:
-        task = canary.job.assign(TaskId(f"task-canary-{self._rng.getrandbits(64):016x}"))
+        # The id looks like any other task's: a miner must not tell canaries apart.
+        task = canary.job.assign(TaskId(f"task-{uuid.uuid4().hex}"))
         events = await self._registry.start_task(conn.miner_id, task, expected_tokens=1)
         parts: list[str] = []
         try:
