@@ -98,18 +98,8 @@ class LlamaCppEngine:
 
     def offers(self) -> tuple[ModelOffer, ...]:
         return (
-            ModelOffer(
-                name=self._model_name,
-                context_length=self.config.context_length,
-                file_hash=self._hash,
-                quantization=(
-                    self.config.entry.variant
-                    if self.config.entry
-                    else quantization_of(self.config.model_path)
-                ),
-                has_chat_template=self._chat is not None,
-                capability=self.capability,
-                **catalog_fields(self.config),
+            model_offer(
+                self.config, self._model_name, self._hash, self._chat is not None, self.capability
             ),
         )
 
@@ -366,3 +356,22 @@ def _decode_loop(
         len(llm.tokenize(resumed.encode(), add_bos=False)) if resumed else 0
     )
     return _End(finish, original, produced)
+
+
+def model_offer(
+    config: LlamaConfig,
+    name: ModelName,
+    file_hash: str,
+    has_chat_template: bool,
+    capability: Capability | None,
+) -> ModelOffer:
+    """What a llama.cpp engine offers the router, from its file and catalog entry."""
+    return ModelOffer(
+        name=name,
+        context_length=config.context_length,
+        file_hash=file_hash,
+        quantization=config.entry.variant if config.entry else quantization_of(config.model_path),
+        has_chat_template=has_chat_template,
+        capability=capability,
+        **catalog_fields(config),
+    )

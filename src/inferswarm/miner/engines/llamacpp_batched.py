@@ -39,13 +39,13 @@ from inferswarm.miner.engines.batching import (
 from inferswarm.miner.engines.llamacpp import (
     TOP_K,
     LlamaConfig,
-    catalog_fields,
     chat_formatter,
+    model_offer,
     tokenize_task,
 )
 from inferswarm.miner.engines.text import StopSequenceFilter
 from inferswarm.miner.hardware import probe_hardware
-from inferswarm.miner.models import file_sha256, model_name_for, quantization_of
+from inferswarm.miner.models import file_sha256, model_name_for
 from inferswarm.protocol import (
     Capability,
     FinishReason,
@@ -185,18 +185,8 @@ class BatchedLlamaEngine:
 
     def offers(self) -> tuple[ModelOffer, ...]:
         return (
-            ModelOffer(
-                name=self._model_name,
-                context_length=self.config.context_length,
-                file_hash=self._hash,
-                quantization=(
-                    self.config.entry.variant
-                    if self.config.entry
-                    else quantization_of(self.config.model_path)
-                ),
-                has_chat_template=self._chat is not None,
-                capability=self.capability,
-                **catalog_fields(self.config),
+            model_offer(
+                self.config, self._model_name, self._hash, self._chat is not None, self.capability
             ),
         )
 
