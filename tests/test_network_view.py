@@ -39,7 +39,7 @@ def test_network_shows_miners_throughput_latency_and_events(net: Network) -> Non
     assert m1["models"] == [MODEL] and m1["slots"] == 2 and m1["busy"] == 0
     assert m1["hardware"]["cpu_cores"] >= 1 and m1["hardware_summary"]
     assert 1 <= m1["tier"] <= 5
-    assert m1["reputation"] is None  # no reputation system yet, and no invented number
+    assert 0 < m1["reputation"] <= 1 and m1["state"] == "live"  # from the verification book
     assert state["models"] == [
         {
             "id": MODEL,

@@ -27,7 +27,6 @@ SERIES_SECONDS = 300
 SUMMARY_SECONDS = 60
 EVENTS_SHOWN = 50
 TICK_POINTS = 2
-REPUTATION_NOTE = "No reputation system yet: every miner's reputation is null."
 
 
 class NetworkView:
@@ -88,7 +87,6 @@ class NetworkView:
                 wall, SUMMARY_SECONDS, TIMELINE_COUNTERS, TIMELINE_LATENCIES
             ),
             "totals": {kind.value: totals[kind] for kind in sorted(totals)},
-            "reputation": REPUTATION_NOTE,
         }
 
     def _series(self, seconds: int) -> list[dict[str, float | None]]:
