@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from inferswarm.protocol import (
     TaskAssign,
     TaskChunk,
     TaskDone,
+    TaskId,
 )
 
 TOP_K = 40
@@ -53,16 +55,44 @@ class LlamaConfig:
 
 
 @dataclass
-class _Piece:
+class Piece:
+    """Text a decode thread produced, on its way to the event loop."""
+
     text: str
     tokens: int
 
 
 @dataclass
-class _End:
+class End:
+    """A decode thread finished a task."""
+
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+
+
+Event = Piece | End | BaseException
+
+
+async def relay(
+    events: asyncio.Queue[Event], task_id: TaskId
+) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+    """A decode thread's events as the task's chunks and its ``TaskDone``;
+    an exception the thread sent is raised here."""
+    while True:
+        item = await events.get()
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, Piece):
+            yield TaskChunk(task_id=task_id, text=item.text, tokens=item.tokens)
+            continue
+        yield TaskDone(
+            task_id=task_id,
+            finish_reason=item.finish_reason,
+            prompt_tokens=item.prompt_tokens,
+            completion_tokens=item.completion_tokens,
+        )
+        return
 
 
 class LlamaCppEngine:
@@ -144,30 +174,19 @@ class LlamaCppEngine:
             self._contexts.put_nowait(llm)
             raise
         cancelled = threading.Event()
-        events: asyncio.Queue[_Piece | _End | BaseException] = asyncio.Queue()
+        events: asyncio.Queue[Piece | End | BaseException] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def emit(item: _Piece | _End | BaseException) -> None:
+        def emit(item: Piece | End | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         worker = loop.run_in_executor(
             None, _generate_blocking, llm, task, prompt_tokens, cancelled, emit
         )
         try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, _Piece):
-                    yield TaskChunk(task_id=task.task_id, text=item.text, tokens=item.tokens)
-                    continue
-                yield TaskDone(
-                    task_id=task.task_id,
-                    finish_reason=item.finish_reason,
-                    prompt_tokens=item.prompt_tokens,
-                    completion_tokens=item.completion_tokens,
-                )
-                break
+            async with aclosing(relay(events, task.task_id)) as stream:
+                async for event in stream:
+                    yield event
             await worker
         finally:
             # On cancel the thread may still be decoding: the context goes back
@@ -297,7 +316,7 @@ def _generate_blocking(
     task: TaskAssign,
     prompt_tokens: list[int],
     cancelled: threading.Event,
-    emit: Callable[[_Piece | _End | BaseException], None],
+    emit: Callable[[Piece | End | BaseException], None],
 ) -> None:
     """Runs in a worker thread: sample tokens until a stop, the limit, or cancel."""
     try:
@@ -311,8 +330,8 @@ def _decode_loop(
     task: TaskAssign,
     prompt_tokens: list[int],
     cancelled: threading.Event,
-    emit: Callable[[_Piece | _End | BaseException], None],
-) -> _End:
+    emit: Callable[[Piece | End | BaseException], None],
+) -> End:
     import llama_cpp
 
     sampling = task.sampling
@@ -341,7 +360,7 @@ def _decode_loop(
         unsent += 1
         text = stops.feed_bytes(llm.detokenize([token], special=False))
         if text:
-            emit(_Piece(text, unsent))
+            emit(Piece(text, unsent))
             unsent = 0
         if stops.stopped:
             finish = "stop"
@@ -350,12 +369,12 @@ def _decode_loop(
             break
     rest = stops.flush()
     if rest:
-        emit(_Piece(rest, unsent))
+        emit(Piece(rest, unsent))
     resumed = task.resume.text if task.resume else ""
     original = len(prompt_tokens) - (
         len(llm.tokenize(resumed.encode(), add_bos=False)) if resumed else 0
     )
-    return _End(finish, original, produced)
+    return End(finish, original, produced)
 
 
 def model_offer(

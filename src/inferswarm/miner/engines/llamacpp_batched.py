@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +39,13 @@ from inferswarm.miner.engines.batching import (
 )
 from inferswarm.miner.engines.llamacpp import (
     TOP_K,
+    End,
+    Event,
     LlamaConfig,
+    Piece,
     chat_formatter,
     model_offer,
+    relay,
     tokenize_task,
 )
 from inferswarm.miner.engines.text import StopSequenceFilter
@@ -71,22 +76,6 @@ PENALTY_LAST_N = 64
 """Tokens the frequency and presence penalties look back over (as ``Llama``)."""
 
 
-@dataclass
-class _Piece:
-    text: str
-    tokens: int
-
-
-@dataclass
-class _End:
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-_Event = _Piece | _End | BaseException
-
-
 @dataclass(eq=False)
 class _Job:
     """One task inside the decode thread."""
@@ -95,7 +84,7 @@ class _Job:
     reported_prompt_tokens: int
     sampling: SamplingParams
     limit: int
-    emit: Callable[[_Event], None]
+    emit: Callable[[Event], None]
     text_blocks: tuple[int, ...] = ()
     cancelled: bool = False
     stream: Stream | None = None
@@ -240,10 +229,10 @@ class BatchedLlamaEngine:
             if task.resume
             else 0
         )
-        events: asyncio.Queue[_Event] = asyncio.Queue()
+        events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def emit(item: _Event) -> None:
+        def emit(item: Event) -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
                 loop.call_soon_threadsafe(events.put_nowait, item)
 
@@ -261,20 +250,9 @@ class BatchedLlamaEngine:
             self._inbox.append(job)
             self._wakeup.notify()
         try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, _Piece):
-                    yield TaskChunk(task_id=task.task_id, text=item.text, tokens=item.tokens)
-                    continue
-                yield TaskDone(
-                    task_id=task.task_id,
-                    finish_reason=item.finish_reason,
-                    prompt_tokens=item.prompt_tokens,
-                    completion_tokens=item.completion_tokens,
-                )
-                return
+            async with aclosing(relay(events, task.task_id)) as stream:
+                async for event in stream:
+                    yield event
         finally:
             with self._wakeup:
                 job.cancelled = True  # a finished job has left already: no effect
@@ -420,7 +398,7 @@ class BatchedLlamaEngine:
         job.unsent += 1
         text = job.stops.feed_bytes(self._model.detokenize([token], special=False))
         if text:
-            job.emit(_Piece(text, job.unsent))
+            job.emit(Piece(text, job.unsent))
             job.unsent = 0
         if job.stops.stopped:
             self._finish(job, "stop")
@@ -433,8 +411,8 @@ class BatchedLlamaEngine:
     def _finish(self, job: _Job, reason: FinishReason) -> None:
         rest = job.stops.flush()
         if rest:
-            job.emit(_Piece(rest, job.unsent))
-        job.emit(_End(reason, job.reported_prompt_tokens, job.produced))
+            job.emit(Piece(rest, job.unsent))
+        job.emit(End(reason, job.reported_prompt_tokens, job.produced))
         self._free(job, keep_cache=True)
 
     def _fail_all(self, why: str) -> None:
