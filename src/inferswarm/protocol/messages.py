@@ -16,6 +16,9 @@ Flow::
       | -- TaskDone | TaskFailed -->  |   (TaskDone signed: task, model hash, output hash)
       | <-------------- TaskCancel -- |   (client went away)
       | <-------------------- Park -- |   (standby autoscaling: parked or active)
+      | <--------------- LoadModel -- |   (placement: load a variant it can serve)
+      | <------------- UnloadModel -- |   (stop offering it, free it when idle)
+      | -- ModelsChanged ---------->  |   (what it serves now, loads, could load)
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ class Register(_Message):
     software_version: str = ""
     public_key: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     """The miner's ed25519 public key (hex); ``miner_id`` must derive from it."""
+    loadable: tuple[ModelOffer, ...] = ()
+    """Variants the miner has on disk and could load on request (``LoadModel``),
+    besides the ``models`` it serves now."""
 
 
 class Challenge(_Message):
@@ -156,6 +162,35 @@ class Park(_Message):
     type: Literal["park"] = "park"
     parked: bool
     heartbeat_interval_s: float = Field(gt=0)
+
+
+class LoadModel(_Message):
+    """Placement: load ``name`` (one of the miner's ``loadable`` variants) off the
+    request path, then announce it with ``ModelsChanged``; until then the router
+    sends no task for it. A miner that cannot (memory, unknown name) answers
+    ``ModelsChanged`` with ``error`` set."""
+
+    type: Literal["load_model"] = "load_model"
+    name: ModelName
+
+
+class UnloadModel(_Message):
+    """Stop offering ``name`` at once; free its memory once its running tasks end."""
+
+    type: Literal["unload_model"] = "unload_model"
+    name: ModelName
+
+
+class ModelsChanged(_Message):
+    """The miner's model set changed: ``models`` is every variant it serves now
+    (ready for tasks), ``loading`` those on their way, ``loadable`` what it could
+    load. ``error`` says why the last ``LoadModel`` or ``UnloadModel`` failed."""
+
+    type: Literal["models"] = "models"
+    models: tuple[ModelOffer, ...]
+    loading: tuple[ModelName, ...] = ()
+    loadable: tuple[ModelOffer, ...] = ()
+    error: str = ""
 
 
 class GpuUsage(_Message):
@@ -278,11 +313,18 @@ class TaskFailed(_Message):
 
 
 MinerMessage = Annotated[
-    Register | ChallengeAnswer | Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed,
+    Register
+    | ChallengeAnswer
+    | Heartbeat
+    | Draining
+    | TaskChunk
+    | TaskDone
+    | TaskFailed
+    | ModelsChanged,
     Field(discriminator="type"),
 ]
 RouterMessage = Annotated[
-    Registered | Refused | Challenge | TaskAssign | TaskCancel | Park,
+    Registered | Refused | Challenge | TaskAssign | TaskCancel | Park | LoadModel | UnloadModel,
     Field(discriminator="type"),
 ]
 

@@ -21,6 +21,7 @@ from inferswarm.protocol import (
     MinerId,
     ModelName,
     ModelOffer,
+    ModelsChanged,
     Park,
     Register,
     TaskAssign,
@@ -326,9 +327,12 @@ class MinerRegistry:
     def on_message(
         self,
         conn: MinerConnection,
-        message: Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed,
+        message: Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed | ModelsChanged,
     ) -> None:
         conn.last_seen = self._clock()
+        if isinstance(message, ModelsChanged):
+            log.info("miner %s changed its models; not acted on yet", conn.miner_id)
+            return
         if isinstance(message, Heartbeat):
             conn.heartbeat = message
             conn.last_heartbeat_at = conn.last_seen
