@@ -208,7 +208,8 @@ def miner(
         list[str] | None,
         typer.Option(
             help="Misbehave on purpose, for tests and demos of verification only: "
-            "KIND[:PROBABILITY] with KIND corrupt, random, lazy or slow. Repeatable.",
+            "KIND[:PROBABILITY] with KIND corrupt, random, lazy, slow or fabricate-logprobs. "
+            "Repeatable.",
             envvar="INFERSWARM_FAULT",
         ),
     ] = None,

@@ -17,7 +17,7 @@ from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
 from inferswarm.router.verify.consensus import DEFAULT_SEMANTIC_THRESHOLD, Consensus
-from inferswarm.router.verify.options import VerifySettings
+from inferswarm.router.verify.options import SpotCheckStrategy, VerifySettings
 
 SCALE_PANEL = "Autoscaling"
 
@@ -206,10 +206,20 @@ def router(
         typer.Option(
             min=0,
             max=1,
-            help="Share of finished greedy tasks re-run on other miners to check them.",
+            help="Share of finished tasks checked afterwards on another miner "
+            "(--spot-check-strategy says how).",
             envvar="INFERSWARM_SPOT_CHECK_RATE",
         ),
     ] = 0.0,
+    spot_check_strategy: Annotated[
+        SpotCheckStrategy,
+        typer.Option(
+            help="redundant: re-run greedy tasks, exact consensus, a referee on disagreement; "
+            "teacher: score any task (sampled too) with one teacher-forced prefill on a trusted "
+            "miner with the same model file; mixed: either at random per check.",
+            envvar="INFERSWARM_SPOT_CHECK_STRATEGY",
+        ),
+    ] = SpotCheckStrategy.REDUNDANT,
     drain_timeout: Annotated[
         float,
         typer.Option(min=0, help="On SIGTERM, seconds in-flight requests may take to finish."),
@@ -353,6 +363,7 @@ def router(
             consensus=consensus,
             semantic_threshold=semantic_threshold,
             spot_check_rate=spot_check_rate,
+            spot_check_strategy=spot_check_strategy,
         ),
         limits=DispatchLimits(
             max_attempts=max_attempts,

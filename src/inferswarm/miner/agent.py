@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from inferswarm import __version__
 from inferswarm.miner.coalesce import StreamItem, next_batch
 from inferswarm.miner.engines.base import Engine, TaskRejected, TracksCache
+from inferswarm.miner.engines.teacher import ScoresOutputs
 from inferswarm.miner.identity import MinerIdentity
 from inferswarm.miner.metrics import MinerStats
 from inferswarm.miner.usage import HostMonitor
@@ -48,6 +49,8 @@ from inferswarm.protocol import (
     TaskDone,
     TaskFailed,
     TaskId,
+    VerifyAssign,
+    VerifyResult,
     encode,
     parse_router_message,
 )
@@ -118,6 +121,8 @@ class MinerAgent:
         self._ws: ClientConnection | None = None
         self.draining = False
         self._refusals: set[asyncio.Task[None]] = set()
+        self._checks: set[asyncio.Task[None]] = set()
+        """Teacher-forced checks for the router, running beside tasks."""
         self.connected = asyncio.Event()
         self.parked = False
         """Standby autoscaling parked this miner: it only heartbeats, slowly."""
@@ -230,6 +235,10 @@ class MinerAgent:
             task = asyncio.create_task(self._run(ws, message))
             self._running[message.task_id] = task
             task.add_done_callback(lambda _: self._running.pop(message.task_id, None))
+        elif isinstance(message, VerifyAssign):
+            check = asyncio.create_task(self._verify(ws, message))
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
         elif isinstance(message, Park):
             self.parked = message.parked
             self._heartbeat_interval_s = message.heartbeat_interval_s
@@ -257,7 +266,7 @@ class MinerAgent:
             )
         return None
 
-    def _model_hash(self, task: TaskAssign) -> str:
+    def _model_hash(self, task: TaskAssign | VerifyAssign) -> str:
         return next((o.file_hash for o in self._engine.offers() if o.name == task.model), "")
 
     async def _run(self, ws: ClientConnection, task: TaskAssign) -> None:
@@ -336,6 +345,26 @@ class MinerAgent:
         except Exception as exc:  # handed to the sender, which reports it
             queue.put_nowait(exc)
 
+    async def _verify(self, ws: ClientConnection, request: VerifyAssign) -> None:
+        """Score another miner's output for the router; errors go back as ``error``."""
+        try:
+            if not isinstance(self._engine, ScoresOutputs):
+                raise TaskRejected(
+                    "invalid_request",
+                    f"the {self._engine.name} engine cannot score",
+                    retryable=True,
+                )
+            if request.model_hash and request.model_hash != self._model_hash(request):
+                raise TaskRejected("model_not_loaded", "not the pinned model file", retryable=True)
+            result = await self._engine.score(request)
+        except TaskRejected as exc:
+            result = VerifyResult(verify_id=request.verify_id, error=exc.message)
+        except Exception as exc:
+            log.exception("scoring %s failed", request.verify_id)
+            result = VerifyResult(verify_id=request.verify_id, error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(encode(result))
+
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
             usage = self.host.sample()
@@ -370,7 +399,7 @@ class MinerAgent:
         log.info("drained; %d task(s) left unfinished", len(self._running))
 
     def _cancel_all(self) -> None:
-        for task in list(self._running.values()):
+        for task in [*self._running.values(), *self._checks]:
             task.cancel()
 
 

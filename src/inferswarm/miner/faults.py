@@ -4,7 +4,11 @@ with ``--fault KIND[:PROBABILITY]`` misbehaves on that share of its tasks.
 - ``corrupt``: plausible but wrong text (a fluent answer to another question);
 - ``random``: random tokens;
 - ``lazy``: the real answer cut short after a quarter of it;
-- ``slow``: the real answer, with a pause before every chunk.
+- ``slow``: the real answer, with a pause before every chunk;
+- ``fabricate-logprobs``: the real answer, with invented per-token
+  log-probabilities (``TaskDone.token_logprobs``) where the task asked for
+  them: what a miner that did not run the model, or skipped computing them,
+  would claim. Tasks that ask for none are left as they are.
 
 The faulty miner still signs what it sends: a signature proves who produced a
 result, not that it is right; verification finds that out.
@@ -19,8 +23,17 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from enum import StrEnum
 
-from inferswarm.miner.engines.base import Engine
-from inferswarm.protocol import Capability, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.engines.teacher import ScoresOutputs
+from inferswarm.protocol import (
+    Capability,
+    ModelOffer,
+    TaskAssign,
+    TaskChunk,
+    TaskDone,
+    VerifyAssign,
+    VerifyResult,
+)
 
 
 class FaultKind(StrEnum):
@@ -28,10 +41,14 @@ class FaultKind(StrEnum):
     RANDOM = "random"
     LAZY = "lazy"
     SLOW = "slow"
+    FABRICATE_LOGPROBS = "fabricate-logprobs"
 
 
 SLOW_PAUSE_S = 0.25
 LAZY_SHARE = 0.25
+FABRICATED_LOGPROB_RANGE = (-2.5, 0.0)
+"""Invented log-probabilities are drawn uniformly from here: plausible-looking
+numbers for a small model's answers."""
 
 _WRONG_ANSWERS = (
     "The capital of Australia is Sydney, which also hosts the federal parliament "
@@ -100,13 +117,22 @@ class FaultyEngine:
     async def close(self) -> None:
         await self._engine.close()
 
+    async def score(self, request: VerifyAssign) -> VerifyResult:
+        """Checks of other miners' results are scored honestly: these faults
+        are about the miner's own results."""
+        if not isinstance(self._engine, ScoresOutputs):
+            raise TaskRejected("invalid_request", "this engine cannot score", retryable=True)
+        return await self._engine.score(request)
+
     async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         active = {f.kind for f in self._faults if self._rng.random() < f.probability}
         async with aclosing(self._engine.generate(task)) as events:
-            if not active - {FaultKind.SLOW}:
+            if not active - {FaultKind.SLOW, FaultKind.FABRICATE_LOGPROBS}:
                 async for event in events:
                     if FaultKind.SLOW in active:
                         await asyncio.sleep(SLOW_PAUSE_S)
+                    if FaultKind.FABRICATE_LOGPROBS in active and isinstance(event, TaskDone):
+                        event = self._fabricated(event)
                     yield event
                 return
             chunks: list[TaskChunk] = []
@@ -121,7 +147,15 @@ class FaultyEngine:
             if FaultKind.SLOW in active:
                 await asyncio.sleep(SLOW_PAUSE_S)
             yield chunk
-        yield done
+        yield self._fabricated(done) if FaultKind.FABRICATE_LOGPROBS in active else done
+
+    def _fabricated(self, done: TaskDone) -> TaskDone:
+        if done.token_logprobs is None:
+            return done
+        invented = tuple(
+            round(self._rng.uniform(*FABRICATED_LOGPROB_RANGE), 4) for _ in done.token_logprobs
+        )
+        return done.model_copy(update={"token_logprobs": invented})
 
     def _falsify(
         self, active: set[FaultKind], task: TaskAssign, chunks: list[TaskChunk]

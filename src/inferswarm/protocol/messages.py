@@ -19,6 +19,8 @@ Flow::
       | <--------------- LoadModel -- |   (placement: load a variant it can serve)
       | <------------- UnloadModel -- |   (stop offering it, free it when idle)
       | -- ModelsChanged ---------->  |   (what it serves now, loads, could load)
+      | <------------ VerifyAssign -- |   (teacher-forced check of another's result)
+      | -- VerifyResult ----------->  |   (per-token ranks and log-probabilities)
 """
 
 from __future__ import annotations
@@ -263,6 +265,8 @@ class TaskAssign(_Message):
     model_hash: str = ""
     """When set, only a miner whose model file has this SHA-256 may run the task,
     so results compared for verification all come from the same file."""
+    logprobs: bool = False
+    """Send the log-probability of every generated token with ``TaskDone``."""
 
 
 class TaskCancel(_Message):
@@ -294,6 +298,10 @@ class TaskDone(_Message):
     """SHA-256 of the UTF-8 text of every chunk of this task, concatenated."""
     signature: str = ""
     """ed25519 over ``signing.result_payload(task_id, model_hash, output_sha256)``."""
+    token_logprobs: tuple[float, ...] | None = None
+    """When the task asked (``TaskAssign.logprobs``): each generated token's
+    log-probability under the model (before temperature), in order. A claim the
+    teacher-forced check recomputes; not covered by the signature."""
 
 
 FailureCode = Literal[
@@ -312,6 +320,47 @@ class TaskFailed(_Message):
     retryable: bool
 
 
+class VerifyAssign(_Message):
+    """Teacher-forced check: score ``output`` as the continuation of the prompt
+    (``prompt`` or ``messages``, exactly one, rendered as for a task) with one
+    prefill, and answer ``VerifyResult``. Runs at low priority, beside tasks.
+
+    Added after version 2 without a version bump: a miner that does not know
+    it ignores the frame and the router's check times out (it then asks
+    another miner or gives up; nobody is blamed)."""
+
+    type: Literal["verify"] = "verify"
+    verify_id: TaskId
+    model: ModelName
+    model_hash: str = ""
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    output: str
+
+
+class TokenScore(_Message):
+    """One output token as the model saw it under teacher forcing."""
+
+    rank: int = Field(ge=0)
+    """How many vocabulary entries the model found likelier (0: its top choice)."""
+    logprob: float
+    top_logprob: float
+    """Log-probability of the model's top choice at this position."""
+
+
+class VerifyResult(_Message):
+    """Per-token scores of a ``VerifyAssign``'s output, in order, then the
+    end-of-sequence token's rank and log-probability after the last one.
+    ``error`` says why the miner could not score (then the rest is empty)."""
+
+    type: Literal["verified"] = "verified"
+    verify_id: TaskId
+    tokens: tuple[TokenScore, ...] = ()
+    eos_rank: int = Field(default=0, ge=0)
+    eos_logprob: float = 0.0
+    error: str = ""
+
+
 MinerMessage = Annotated[
     Register
     | ChallengeAnswer
@@ -320,11 +369,20 @@ MinerMessage = Annotated[
     | TaskChunk
     | TaskDone
     | TaskFailed
-    | ModelsChanged,
+    | ModelsChanged
+    | VerifyResult,
     Field(discriminator="type"),
 ]
 RouterMessage = Annotated[
-    Registered | Refused | Challenge | TaskAssign | TaskCancel | Park | LoadModel | UnloadModel,
+    Registered
+    | Refused
+    | Challenge
+    | TaskAssign
+    | TaskCancel
+    | Park
+    | LoadModel
+    | UnloadModel
+    | VerifyAssign,
     Field(discriminator="type"),
 ]
 

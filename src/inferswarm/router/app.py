@@ -48,6 +48,7 @@ from inferswarm.router.usage_limits import UsageLimiter
 from inferswarm.router.verify.consensus import Consensus, Verdict
 from inferswarm.router.verify.reputation import Outcome, Standing
 from inferswarm.router.verify.service import Verifier
+from inferswarm.router.verify.teacher import TeacherVerdict
 from inferswarm.storage import BlobDir, Store
 from inferswarm.storage.sql import open_store
 
@@ -209,7 +210,15 @@ def _verifier(app: FastAPI, settings: RouterSettings, registry: MinerRegistry) -
         elif before.quarantined and not after.quarantined:
             registry.note(EventKind.RELEASE, miner_id, f"passed its canaries; {score}")
 
+    def teacher_verdict(miner_id: MinerId, verdict: TeacherVerdict) -> None:
+        status = "passed" if verdict.passed else "failed"
+        metrics.verifications.labels("spot_check", "teacher", status).inc()
+        if not verdict.passed:
+            detail = f"spot check (teacher-forced): {verdict.reason}"
+            registry.note(EventKind.VERIFY_FAIL, miner_id, detail)
+
     verifier.on_verdict(verdict)
+    verifier.teacher.on_verdict(teacher_verdict)
     registry.book.on_outcome(outcome)
     return verifier
 

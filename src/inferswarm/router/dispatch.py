@@ -103,6 +103,8 @@ class Job:
     model_hash: str = ""
     """Run only on miners whose model file has this SHA-256 (verification)."""
     min_precision: str | None = None
+    logprobs: bool = False
+    """Ask the miner for each generated token's log-probability (``TaskDone``)."""
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""
@@ -125,6 +127,7 @@ class Job:
             sampling=sampling,
             resume=resume,
             model_hash=self.model_hash,
+            logprobs=self.logprobs,
         )
 
 

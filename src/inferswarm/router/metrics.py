@@ -147,7 +147,8 @@ class RouterMetrics:
         )
         self.verifications = Counter(
             "inferswarm_verifications",
-            "Verifications by purpose (redundant, spot_check, canary), consensus and verdict.",
+            "Verifications by purpose (redundant, spot_check, canary), consensus or method "
+            "(exact, semantic, teacher) and verdict.",
             ["purpose", "consensus", "verdict"],
             registry=self.registry,
         )

@@ -30,6 +30,8 @@ from inferswarm.protocol import (
     TaskDone,
     TaskFailed,
     TaskId,
+    VerifyAssign,
+    VerifyResult,
     encode,
 )
 from inferswarm.protocol.signing import result_payload, verify_signature
@@ -113,6 +115,8 @@ class MinerConnection:
     silence_allowed_s: float | None = None
     """Overrides the heartbeat timeout, for a parked miner that beats slowly."""
     tasks: dict[TaskId, TaskInFlight] = field(default_factory=dict)
+    checks: dict[TaskId, asyncio.Future[VerifyResult]] = field(default_factory=dict)
+    """Teacher-forced checks sent to this miner, waiting for its ``VerifyResult``."""
     completed: int = 0
     failed: int = 0
     generated_tokens: int = 0
@@ -323,13 +327,27 @@ class MinerRegistry:
         for task in conn.tasks.values():
             task.events.put_nowait(lost)
         conn.tasks.clear()
+        for check in conn.checks.values():
+            if not check.done():
+                check.set_exception(ConnectionError(lost.reason))
 
     def on_message(
         self,
         conn: MinerConnection,
-        message: Heartbeat | Draining | TaskChunk | TaskDone | TaskFailed | ModelsChanged,
+        message: Heartbeat
+        | Draining
+        | TaskChunk
+        | TaskDone
+        | TaskFailed
+        | ModelsChanged
+        | VerifyResult,
     ) -> None:
         conn.last_seen = self._clock()
+        if isinstance(message, VerifyResult):
+            waiting = conn.checks.get(message.verify_id)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
+            return
         if isinstance(message, ModelsChanged):
             log.info("miner %s changed its models; not acted on yet", conn.miner_id)
             return
@@ -420,6 +438,21 @@ class MinerRegistry:
             conn.tasks.pop(task.task_id, None)
             queue.put_nowait(MinerLost(f"could not send the task to {conn.info.name}: {exc}"))
         return queue
+
+    async def score(
+        self, miner_id: MinerId, request: VerifyAssign, timeout_s: float
+    ) -> VerifyResult:
+        """Send a teacher-forced check to a miner and wait for its scores;
+        ``ConnectionError`` if it leaves, ``TimeoutError`` if it takes too long
+        (a miner too old to know the message never answers)."""
+        conn = self._miners[miner_id]
+        waiting: asyncio.Future[VerifyResult] = asyncio.get_running_loop().create_future()
+        conn.checks[request.verify_id] = waiting
+        try:
+            await conn.send(encode(request))
+            return await asyncio.wait_for(waiting, timeout_s)
+        finally:
+            conn.checks.pop(request.verify_id, None)
 
     def cancel_task(self, miner_id: MinerId, task_id: TaskId) -> None:
         """Free the task's slot now and tell the miner in the background.

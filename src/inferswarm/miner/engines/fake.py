@@ -13,12 +13,26 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from inferswarm.miner.engines.base import TaskRejected
-from inferswarm.protocol import Capability, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.protocol import (
+    Capability,
+    ModelName,
+    ModelOffer,
+    SamplingParams,
+    TaskAssign,
+    TaskChunk,
+    TaskDone,
+    TokenScore,
+    VerifyAssign,
+    VerifyResult,
+)
 
 FAKE_MODEL = "fake-model"
 HUNG_S = 3600.0
 UNLIMITED_TOKENS_PER_S = 1e6
 """Reported for a fake configured with no delay."""
+FAKE_LIKELY = TokenScore(rank=0, logprob=-0.1, top_logprob=-0.1)
+FAKE_UNLIKELY = TokenScore(rank=500, logprob=-9.0, top_logprob=-0.1)
+"""How the fake's teacher-forced check scores a word it would (not) have produced."""
 
 
 @dataclass
@@ -102,6 +116,29 @@ class FakeEngine:
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=produced,
+            token_logprobs=(FAKE_LIKELY.logprob,) * produced if task.logprobs else None,
+        )
+
+    async def score(self, request: VerifyAssign) -> VerifyResult:
+        """Teacher forcing, faked: one word is one token; a word this fake would
+        have produced at its position is likely, any other is not, and the end
+        is likely only after ``natural_length`` words."""
+        task = TaskAssign(
+            task_id=request.verify_id,
+            model=request.model,
+            prompt=request.prompt,
+            messages=request.messages,
+            sampling=SamplingParams(),
+        )
+        words = request.output.split()
+        expected = [self._word(task, i).strip() for i in range(len(words))]
+        scores = tuple(
+            FAKE_LIKELY if word == want else FAKE_UNLIKELY
+            for word, want in zip(words, expected, strict=True)
+        )
+        end = FAKE_LIKELY if len(words) >= self.config.natural_length else FAKE_UNLIKELY
+        return VerifyResult(
+            verify_id=request.verify_id, tokens=scores, eos_rank=end.rank, eos_logprob=end.logprob
         )
 
     def _word(self, task: TaskAssign, index: int) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from inferswarm import __version__
 from inferswarm.miner.catalog import CatalogEntry
 from inferswarm.miner.engines.base import TaskRejected
+from inferswarm.miner.engines.teacher import TeacherScorer, logits_at, token_logprob
 from inferswarm.miner.engines.text import StopSequenceFilter
 from inferswarm.miner.hardware import probe_hardware
 from inferswarm.miner.models import file_sha256, model_name_for, quantization_of
@@ -34,6 +35,8 @@ from inferswarm.protocol import (
     TaskChunk,
     TaskDone,
     TaskId,
+    VerifyAssign,
+    VerifyResult,
 )
 
 TOP_K = 40
@@ -69,6 +72,8 @@ class End:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[float, ...] | None = None
+    """Each generated token's log-probability, when the task asked for them."""
 
 
 Event = Piece | End | BaseException
@@ -91,6 +96,7 @@ async def relay(
             finish_reason=item.finish_reason,
             prompt_tokens=item.prompt_tokens,
             completion_tokens=item.completion_tokens,
+            token_logprobs=item.logprobs,
         )
         return
 
@@ -125,6 +131,8 @@ class LlamaCppEngine:
         default_name = entry.name if entry else model_name_for(config.model_path)
         self._model_name = ModelName(config.model_name or default_name)
         self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
+        self._model = first._model  # the weights every context shares
+        self._scorer = TeacherScorer(self._model, self._tokenize, config.context_length, threads)
 
     def offers(self) -> tuple[ModelOffer, ...]:
         return (
@@ -135,6 +143,16 @@ class LlamaCppEngine:
 
     def claimed_tokens_per_s(self) -> float | None:
         return self.capability.generation_tokens_per_s if self.capability else None
+
+    async def score(self, request: VerifyAssign) -> VerifyResult:
+        """The teacher-forced check of another miner's output (``teacher``)."""
+        check_model(request.model, self._model_name)
+        return await self._scorer.score(request)
+
+    def _tokenize(self, task: TaskAssign) -> list[int]:
+        return tokenize_task(
+            self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
+        )
 
     def benchmark_identity(self) -> dict[str, object] | None:
         import llama_cpp
@@ -159,12 +177,7 @@ class LlamaCppEngine:
                 self._contexts.put_nowait(llm)
 
     async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        if task.model != self._model_name:
-            raise TaskRejected(
-                "model_not_loaded",
-                f"this miner serves {self._model_name}, not {task.model}",
-                retryable=True,
-            )
+        check_model(task.model, self._model_name)
         llm = await self._contexts.get()
         try:
             prompt_tokens = tokenize_task(
@@ -195,8 +208,17 @@ class LlamaCppEngine:
             worker.add_done_callback(lambda _: self._contexts.put_nowait(llm))
 
     async def close(self) -> None:
+        self._scorer.close()
         while not self._contexts.empty():
             self._contexts.get_nowait().close()
+
+
+def check_model(wanted: ModelName, served: ModelName) -> None:
+    """``TaskRejected`` unless this engine serves ``wanted``."""
+    if wanted != served:
+        raise TaskRejected(
+            "model_not_loaded", f"this miner serves {served}, not {wanted}", retryable=True
+        )
 
 
 BENCH_PROMPT_TOKENS = 128
@@ -340,6 +362,7 @@ def _decode_loop(
     stops = StopSequenceFilter(sampling.stop)
     produced = 0
     unsent = 0  # tokens whose text is held back (partial UTF-8 or a possible stop)
+    logprobs: list[float] | None = [] if task.logprobs else None
     finish: FinishReason = "length"
     tokens: Iterator[int] = llm.generate(
         prompt_tokens,
@@ -358,6 +381,8 @@ def _decode_loop(
             break
         produced += 1
         unsent += 1
+        if logprobs is not None:  # the logits it was sampled from are still the last row
+            logprobs.append(token_logprob(logits_at(llm._ctx.ctx, -1, llm.n_vocab()), token))
         text = stops.feed_bytes(llm.detokenize([token], special=False))
         if text:
             emit(Piece(text, unsent))
@@ -374,7 +399,7 @@ def _decode_loop(
     original = len(prompt_tokens) - (
         len(llm.tokenize(resumed.encode(), add_bos=False)) if resumed else 0
     )
-    return End(finish, original, produced)
+    return End(finish, original, produced, tuple(logprobs) if logprobs is not None else None)
 
 
 def model_offer(

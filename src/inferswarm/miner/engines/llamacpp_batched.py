@@ -44,10 +44,12 @@ from inferswarm.miner.engines.llamacpp import (
     LlamaConfig,
     Piece,
     chat_formatter,
+    check_model,
     model_offer,
     relay,
     tokenize_task,
 )
+from inferswarm.miner.engines.teacher import TeacherScorer, logits_at, token_logprob
 from inferswarm.miner.engines.text import StopSequenceFilter
 from inferswarm.miner.hardware import probe_hardware
 from inferswarm.miner.models import file_sha256, model_name_for
@@ -61,6 +63,8 @@ from inferswarm.protocol import (
     TaskChunk,
     TaskDone,
     TaskId,
+    VerifyAssign,
+    VerifyResult,
 )
 from inferswarm.protocol.prefix import prefix_blocks, prompt_text
 
@@ -92,6 +96,8 @@ class _Job:
     stops: StopSequenceFilter = field(init=False)
     produced: int = 0
     unsent: int = 0
+    logprobs: list[float] | None = None
+    """Each generated token's log-probability, when the task asked for them."""
 
     def __post_init__(self) -> None:
         self.stops = StopSequenceFilter(self.sampling.stop)
@@ -163,6 +169,9 @@ class BatchedLlamaEngine:
         default_name = entry.name if entry else model_name_for(config.model_path)
         self._model_name = ModelName(config.model_name or default_name)
         self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
+        self._scorer = TeacherScorer(
+            self._model, self._tokenize, config.context_length, self._threads
+        )
         self._table = SequenceTable(config.slots, reuse_prefixes=reuse_prefixes)
         self._inbox: list[_Job] = []
         self._waiting: deque[_Job] = deque()
@@ -181,6 +190,16 @@ class BatchedLlamaEngine:
 
     def claimed_tokens_per_s(self) -> float | None:
         return self.capability.generation_tokens_per_s if self.capability else None
+
+    async def score(self, request: VerifyAssign) -> VerifyResult:
+        """The teacher-forced check of another miner's output (``teacher``)."""
+        check_model(request.model, self._model_name)
+        return await self._scorer.score(request)
+
+    def _tokenize(self, task: TaskAssign) -> list[int]:
+        return tokenize_task(
+            self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
+        )
 
     def cached_prefix_blocks(self) -> frozenset[int]:
         """The router's prefix blocks of the prompts whose KV this engine holds
@@ -211,15 +230,8 @@ class BatchedLlamaEngine:
         return await measure_capability(self, self._model_name, self.slots)
 
     async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        if task.model != self._model_name:
-            raise TaskRejected(
-                "model_not_loaded",
-                f"this miner serves {self._model_name}, not {task.model}",
-                retryable=True,
-            )
-        prompt = tokenize_task(
-            self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
-        )
+        check_model(task.model, self._model_name)
+        prompt = self._tokenize(task)
         if not prompt:  # a model without BOS and an empty prompt: nothing to decode from
             raise TaskRejected(
                 "invalid_request", "the prompt is empty; send some text", retryable=False
@@ -243,6 +255,7 @@ class BatchedLlamaEngine:
             limit=task.sampling.max_tokens or (self.config.context_length - len(prompt)),
             emit=emit,
             text_blocks=prefix_blocks(prompt_text(task.prompt, task.messages)),
+            logprobs=[] if task.logprobs else None,
         )
         with self._wakeup:
             if self._closing:
@@ -263,6 +276,7 @@ class BatchedLlamaEngine:
             self._closing = True
             self._wakeup.notify()
         await asyncio.to_thread(self._thread.join)
+        self._scorer.close()
         self._batch.close()
         self._ctx.close()
         self._model.close()
@@ -385,6 +399,9 @@ class BatchedLlamaEngine:
         for at, seq_id in outputs:
             job = by_seq[seq_id]
             token = llama_cpp.llama_sampler_sample(job.sampler.sampler, self._ctx.ctx, at)
+            if job.logprobs is not None:
+                logits = logits_at(self._ctx.ctx, at, self._model.n_vocab())
+                job.logprobs.append(token_logprob(logits, token))
             self._accept(job, token)
 
     def _accept(self, job: _Job, token: int) -> None:
@@ -412,7 +429,8 @@ class BatchedLlamaEngine:
         rest = job.stops.flush()
         if rest:
             job.emit(Piece(rest, job.unsent))
-        job.emit(End(reason, job.reported_prompt_tokens, job.produced))
+        logprobs = None if job.logprobs is None else tuple(job.logprobs[: job.produced])
+        job.emit(End(reason, job.reported_prompt_tokens, job.produced, logprobs))
         self._free(job, keep_cache=True)
 
     def _fail_all(self, why: str) -> None:

@@ -12,7 +12,17 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 from inferswarm.miner.engines.base import Engine, TaskRejected, TracksCache
-from inferswarm.protocol import Capability, ModelName, ModelOffer, TaskAssign, TaskChunk, TaskDone
+from inferswarm.miner.engines.teacher import ScoresOutputs
+from inferswarm.protocol import (
+    Capability,
+    ModelName,
+    ModelOffer,
+    TaskAssign,
+    TaskChunk,
+    TaskDone,
+    VerifyAssign,
+    VerifyResult,
+)
 
 
 class MultiModelEngine:
@@ -43,15 +53,25 @@ class MultiModelEngine:
         claims = [c for e in self.parts if (c := e.claimed_tokens_per_s()) is not None]
         return max(claims) if claims else None
 
-    async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        engine = self._by_model.get(task.model)
+    def _engine_for(self, model: ModelName) -> Engine:
+        engine = self._by_model.get(model)
         if engine is None:
             served = ", ".join(self._by_model)
             raise TaskRejected(
-                "model_not_loaded",
-                f"this miner serves {served}, not {task.model}",
-                retryable=True,
+                "model_not_loaded", f"this miner serves {served}, not {model}", retryable=True
             )
+        return engine
+
+    async def score(self, request: VerifyAssign) -> VerifyResult:
+        engine = self._engine_for(request.model)
+        if not isinstance(engine, ScoresOutputs):
+            raise TaskRejected(
+                "invalid_request", f"the {engine.name} engine cannot score outputs", retryable=True
+            )
+        return await engine.score(request)
+
+    async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        engine = self._engine_for(task.model)
         async with aclosing(engine.generate(task)) as events:
             async for event in events:
                 yield event

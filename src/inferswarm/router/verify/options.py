@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from inferswarm.router.verify.consensus import DEFAULT_SEMANTIC_THRESHOLD, Consensus
+
+
+class SpotCheckStrategy(StrEnum):
+    """How a spot-checked task is verified."""
+
+    REDUNDANT = "redundant"
+    """Re-run it on another miner, exact consensus (greedy tasks only), a referee on disagreement."""
+    TEACHER = "teacher"
+    """Score it on another miner with one teacher-forced prefill (any task, sampled too)."""
+    MIXED = "mixed"
+    """Either, at random per check (sampled tasks: teacher), so a miner cannot
+    tell which check a task will get."""
 
 
 @dataclass(frozen=True)
@@ -13,3 +26,4 @@ class VerifySettings:
     consensus: Consensus = Consensus.EXACT
     semantic_threshold: float = DEFAULT_SEMANTIC_THRESHOLD
     spot_check_rate: float = 0.0
+    spot_check_strategy: SpotCheckStrategy = SpotCheckStrategy.REDUNDANT

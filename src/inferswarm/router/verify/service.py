@@ -34,8 +34,9 @@ from inferswarm.router.verify.consensus import (
     exact_similarity,
 )
 from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, missing_extra
-from inferswarm.router.verify.options import VerifySettings
+from inferswarm.router.verify.options import SpotCheckStrategy, VerifySettings
 from inferswarm.router.verify.reputation import Outcome
+from inferswarm.router.verify.teacher_check import Checked, TeacherChecker
 from inferswarm.storage import ResultRecord, Store
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Verifier:
         # Ledger writes in order (a verdict after its result), by one writer.
         self._ledger: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self.spot_checks = 0
+        self.teacher = TeacherChecker(registry, mark=self._mark_result, rng=self._rng)
         registry.on_result(self._on_result)
 
     def on_verdict(self, listener: VerdictListener) -> None:
@@ -171,6 +173,10 @@ class Verifier:
             created_at=int(time.time()),
         )
         self._ledger.put_nowait(self._store.record_result(record))
+
+    def _mark_result(self, task_id: TaskId, label: str) -> None:
+        if self._store is not None:
+            self._ledger.put_nowait(self._store.set_result_verdict(task_id, label))
 
     def _mark(self, runs: list[Run], verdict: Verdict) -> None:
         if self._store is None:
@@ -301,9 +307,26 @@ class Verifier:
         if self._rng.random() >= self.settings.spot_check_rate:
             return
         run = self._runs.get(done.task_id)
-        if run is None or not _deterministic(job):
-            return  # only what a rerun can reproduce is checked
-        self._spawn(self._spot_check(job, run, text))
+        if run is None:
+            return
+        if self._teacher_forced(job):
+            self._spawn(self._teacher_check(job, run, done, text))
+        elif _deterministic(job):  # only what a rerun can reproduce is rerun
+            self._spawn(self._spot_check(job, run, text))
+
+    def _teacher_forced(self, job: Job) -> bool:
+        strategy = self.settings.spot_check_strategy
+        if strategy is SpotCheckStrategy.MIXED:
+            return not _deterministic(job) or self._rng.random() < 0.5
+        return strategy is SpotCheckStrategy.TEACHER
+
+    async def _teacher_check(self, job: Job, run: Run, done: TaskDone, text: str) -> None:
+        checked = Checked(run.miner_id, run.task_id, run.model_hash)
+        try:
+            if await self.teacher.check(job, checked, done, text):
+                self.spot_checks += 1
+        except Exception:
+            log.exception("the teacher-forced check of %s failed to run", run.task_id)
 
     async def _spot_check(self, job: Job, run: Run, text: str) -> None:
         """One checker; on disagreement a referee, and the majority of three decides."""

@@ -1,0 +1,112 @@
+"""The teacher-forced check's verdict: pure.
+
+A checker with the same model file scored the claimed output position by
+position (``VerifyResult``): each token's rank in the model's distribution,
+its log-probability and the top choice's, and how likely the end of sequence
+was after the last token. The claim passes when it reads like something the
+model produced:
+
+- few tokens fall outside the top ``top_k`` (the miners' sampler never picks
+  outside its top 40, so honest sampled output stays inside, and greedy output
+  sits at rank 0; text from elsewhere does not);
+- the mean gap between the top choice and the claimed token is small;
+- an output that claims to have ended (``stop`` with no stop sequences) ends
+  where the model would plausibly end, and one that claims to have hit its
+  token limit has about the tokens it claims (a truncated answer does not);
+- claimed per-token log-probabilities, when the result carried them, match
+  the recomputed ones within the numeric noise between two llama.cpp runs.
+
+Thresholds are calibrated on real llama.cpp runs of the shipped model with
+honest greedy and temperature 0.7-1.0 output (bench/verification_rates.py):
+the defaults leave a wide margin on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inferswarm.protocol import FinishReason, VerifyResult
+
+
+@dataclass(frozen=True)
+class TeacherPolicy:
+    top_k: int = 40
+    """A token ranked this or worse is "outside": the miners' sampler top-k."""
+    max_outside_share: float = 0.1
+    max_mean_gap: float = 2.0
+    """Mean of (top log-probability - claimed token's), in nats."""
+    end_max_rank: int = 40
+    """An output that stopped by itself must end where EOS ranks better than this."""
+    min_length_share: float = 0.7
+    """A result must hold at least this share of the tokens it claims."""
+    logprob_tolerance: float = 0.5
+    """A claimed log-probability further than this (nats) from the recomputed one is wrong."""
+    max_logprob_mismatch_share: float = 0.1
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the checked miner said about its result, besides the text."""
+
+    finish_reason: FinishReason
+    completion_tokens: int
+    stop_sequences: bool = False
+    """The task had stop sequences: a ``stop`` may be one of them, not EOS."""
+    token_logprobs: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TeacherVerdict:
+    passed: bool
+    reason: str
+    """Why it failed (or ``ok``), in words for logs and events."""
+    outside_share: float = 0.0
+    mean_gap: float = 0.0
+
+
+def judge(scores: VerifyResult, claim: Claim, policy: TeacherPolicy) -> TeacherVerdict:
+    """Pass or fail one claimed output from its teacher-forced scores."""
+    tokens = scores.tokens
+    count = len(tokens)
+    outside = sum(t.rank >= policy.top_k for t in tokens) / count if count else 0.0
+    gap = sum(t.top_logprob - t.logprob for t in tokens) / count if count else 0.0
+
+    def failed(reason: str) -> TeacherVerdict:
+        return TeacherVerdict(False, reason, outside, gap)
+
+    if outside > policy.max_outside_share:
+        return failed(f"{outside:.0%} of its tokens are outside the model's top {policy.top_k}")
+    if gap > policy.max_mean_gap:
+        return failed(f"its tokens are {gap:.2f} nats less likely than the model's choices")
+    if count < policy.min_length_share * claim.completion_tokens:
+        return failed(f"it claims {claim.completion_tokens} tokens; its text has {count}")
+    ended = claim.finish_reason == "stop" and not claim.stop_sequences
+    if ended and scores.eos_rank >= policy.end_max_rank:
+        return failed(f"it claims to have ended where the model ranks the end {scores.eos_rank}")
+    if claim.token_logprobs is not None:
+        recomputed = [t.logprob for t in tokens]
+        mismatch = logprob_mismatch(claim.token_logprobs, recomputed, policy.logprob_tolerance)
+        if mismatch > policy.max_logprob_mismatch_share:
+            return failed(f"{mismatch:.0%} of its claimed log-probabilities are wrong")
+    return TeacherVerdict(True, "ok", outside, gap)
+
+
+def logprob_mismatch(
+    claimed: Sequence[float], recomputed: Sequence[float], tolerance: float
+) -> float:
+    """Share of claimed log-probabilities off by more than ``tolerance``.
+
+    Position by position when the checker's tokens line up with the claim;
+    when retokenizing the text gave another count, only the means can be
+    compared, and a mean off by more than ``tolerance`` counts as all wrong.
+    """
+    if not claimed and not recomputed:
+        return 0.0
+    if len(claimed) != len(recomputed):
+        if not claimed or not recomputed:
+            return 1.0
+        mean_gap = abs(sum(claimed) / len(claimed) - sum(recomputed) / len(recomputed))
+        return 1.0 if mean_gap > tolerance else 0.0
+    wrong = sum(abs(a - b) > tolerance for a, b in zip(claimed, recomputed, strict=True))
+    return wrong / len(claimed)
