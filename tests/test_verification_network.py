@@ -114,3 +114,39 @@ def test_an_unknown_fault_is_explained(net: Network) -> None:
     proc.popen.wait(60)
     assert proc.popen.returncode == 2
     assert "unknown fault 'explode'" in proc.output()
+
+
+def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None:
+    """Sampled tasks (temperature 0.8) cannot be re-run for comparison; the
+    teacher-forced check scores them on a trusted miner instead."""
+    net.start_router("--spot-check-rate", "1.0", "--spot-check-strategy", "teacher")
+    for name in ("honest1", "honest2"):
+        net.start_miner(name)
+    net.start_miner("corrupt", "--fault", "corrupt")
+    net.start_miner("lazy", "--fault", "lazy")
+    net.wait_miners(4)
+
+    def done(miners: dict[str, dict[str, Any]]) -> bool:
+        cheaters = {miners[n]["state"] for n in ("corrupt", "lazy")}
+        passed = [miners[n]["verification"]["passed"] for n in ("honest1", "honest2")]
+        return cheaters == {"quarantined"} and min(passed) >= 1
+
+    deadline = time.monotonic() + 60
+    with client(net) as api:
+        while not done(miners := states(net)):
+            assert time.monotonic() < deadline, miners
+            api.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "tell me"}],
+                max_tokens=5,
+                temperature=0.8,
+            )
+    for name in ("honest1", "honest2"):
+        assert miners[name]["state"] == "live"
+        assert miners[name]["verification"]["failed"] == 0
+    events = httpx.get(net.base_url + "/v1/network").json()["events"]
+    details = {e["miner_id"]: e["detail"] for e in events if e["kind"] == "verify_fail"}
+    assert "outside the model's top 40" in details[miners["corrupt"]["id"]]
+    assert "it claims 5 tokens; its text has 1" in details[miners["lazy"]["id"]]
+    metrics = httpx.get(net.base_url + "/metrics").text
+    assert 'consensus="teacher",purpose="spot_check",verdict="failed"' in metrics

@@ -8,8 +8,11 @@ model produced:
 
 - few tokens fall outside the top ``top_k`` (the miners' sampler never picks
   outside its top 40, so honest sampled output stays inside, and greedy output
-  sits at rank 0; text from elsewhere does not);
-- the mean gap between the top choice and the claimed token is small;
+  sits at rank 0; text from elsewhere does not). A few are allowed, whatever
+  the length: retokenizing the text can split a word otherwise than the
+  sampler did, and the odd piece then ranks low;
+- the mean gap between the top choice and the claimed token is small (not
+  checked above temperature 1, where honest samples stray further);
 - an output that claims to have ended (``stop`` with no stop sequences) ends
   where the model would plausibly end, and one that claims to have hit its
   token limit has about the tokens it claims (a truncated answer does not);
@@ -17,8 +20,10 @@ model produced:
   the recomputed ones within the numeric noise between two llama.cpp runs.
 
 Thresholds are calibrated on real llama.cpp runs of the shipped model with
-honest greedy and temperature 0.7-1.0 output (bench/verification_rates.py):
-the defaults leave a wide margin on both sides.
+honest greedy and temperature 0.7-1.0 output (bench/teacher_rates.py; figures
+beside each default). Frequency and presence penalties change what the
+sampler ranks, so for penalized tasks only the end, length and log-probability
+rules apply.
 """
 
 from __future__ import annotations
@@ -34,14 +39,22 @@ class TeacherPolicy:
     top_k: int = 40
     """A token ranked this or worse is "outside": the miners' sampler top-k."""
     max_outside_share: float = 0.1
-    max_mean_gap: float = 2.0
-    """Mean of (top log-probability - claimed token's), in nats."""
+    """Measured: honest at most 5 % (sampled), corrupt at least 14 %."""
+    outside_allowed: int = 2
+    """Outside tokens always allowed, so one odd piece cannot fail a short answer."""
+    max_mean_gap: float = 3.0
+    """Mean of (top log-probability - claimed token's), in nats. Measured:
+    honest greedy at most 0.01, sampled at temperature 1 at most 2.06;
+    corrupt at least 2.56."""
     end_max_rank: int = 40
-    """An output that stopped by itself must end where EOS ranks better than this."""
+    """An output that stopped by itself must end where EOS ranks better than
+    this. Measured: honest at most 4."""
     min_length_share: float = 0.7
-    """A result must hold at least this share of the tokens it claims."""
+    """A result must hold at least this share of the tokens it claims.
+    Measured: honest at least 0.97 (retokenized text)."""
     logprob_tolerance: float = 0.5
-    """A claimed log-probability further than this (nats) from the recomputed one is wrong."""
+    """A claimed log-probability further than this (nats) from the recomputed
+    one is wrong. Measured: honest at most 0.33 (decode against prefill)."""
     max_logprob_mismatch_share: float = 0.1
 
 
@@ -54,6 +67,9 @@ class Claim:
     stop_sequences: bool = False
     """The task had stop sequences: a ``stop`` may be one of them, not EOS."""
     token_logprobs: tuple[float, ...] | None = None
+    temperature: float = 0.0
+    penalized: bool = False
+    """The task had frequency or presence penalties."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +85,18 @@ def judge(scores: VerifyResult, claim: Claim, policy: TeacherPolicy) -> TeacherV
     """Pass or fail one claimed output from its teacher-forced scores."""
     tokens = scores.tokens
     count = len(tokens)
-    outside = sum(t.rank >= policy.top_k for t in tokens) / count if count else 0.0
+    outside_count = sum(t.rank >= policy.top_k for t in tokens)
+    outside = outside_count / count if count else 0.0
     gap = sum(t.top_logprob - t.logprob for t in tokens) / count if count else 0.0
 
     def failed(reason: str) -> TeacherVerdict:
         return TeacherVerdict(False, reason, outside, gap)
 
-    if outside > policy.max_outside_share:
+    too_many = max(policy.outside_allowed, policy.max_outside_share * count)
+    if not claim.penalized and outside_count > too_many:
         return failed(f"{outside:.0%} of its tokens are outside the model's top {policy.top_k}")
-    if gap > policy.max_mean_gap:
+    sampled_hot = claim.temperature > 1.0
+    if not (claim.penalized or sampled_hot) and gap > policy.max_mean_gap:
         return failed(f"its tokens are {gap:.2f} nats less likely than the model's choices")
     if count < policy.min_length_share * claim.completion_tokens:
         return failed(f"it claims {claim.completion_tokens} tokens; its text has {count}")

@@ -69,6 +69,8 @@ class TeacherChecker:
             completion_tokens=done.completion_tokens,
             stop_sequences=bool(job.sampling.stop),
             token_logprobs=done.token_logprobs,
+            temperature=job.sampling.temperature,
+            penalized=bool(job.sampling.frequency_penalty or job.sampling.presence_penalty),
         )
         tried = {checked.miner_id}
         verdict: TeacherVerdict | None = None
