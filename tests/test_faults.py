@@ -59,6 +59,32 @@ async def test_slow_keeps_the_answer_and_probability_zero_is_honest() -> None:
     assert (await _text(never))[0] == (await _text(FakeEngine(FakeEngineConfig())))[0]
 
 
+async def test_fabricate_logprobs_keeps_the_text_and_invents_the_logprobs() -> None:
+    asked = TASK.model_copy(update={"logprobs": True})
+    honest = FakeEngine(FakeEngineConfig())
+    fabricator = FaultyEngine(
+        FakeEngine(FakeEngineConfig()), (Fault.parse("fabricate-logprobs"),), random.Random(1)
+    )
+    text, done = await _collect(honest, asked)
+    faked_text, faked = await _collect(fabricator, asked)
+    assert faked_text == text
+    assert done.token_logprobs is not None and faked.token_logprobs is not None
+    assert len(faked.token_logprobs) == len(done.token_logprobs)
+    assert faked.token_logprobs != done.token_logprobs
+    _, unasked = await _collect(fabricator, TASK)  # nothing claimed, nothing to fake
+    assert unasked.token_logprobs is None
+
+
+async def _collect(engine: FakeEngine | FaultyEngine, task: TaskAssign) -> tuple[str, TaskDone]:
+    parts: list[str] = []
+    async for event in engine.generate(task):
+        if isinstance(event, TaskChunk):
+            parts.append(event.text)
+        else:
+            return "".join(parts), event
+    raise AssertionError("no TaskDone")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [("explode", "unknown fault"), ("corrupt:x", "not a number"), ("lazy:2", "between 0 and 1")],

@@ -19,6 +19,9 @@ from inferswarm.protocol import (
     TaskChunk,
     TaskDone,
     TaskId,
+    TokenScore,
+    VerifyAssign,
+    VerifyResult,
     encode,
     parse_miner_message,
     parse_router_message,
@@ -43,6 +46,20 @@ def test_miner_messages_round_trip() -> None:
         Heartbeat(busy_slots=1, queued_tasks=0, cpu_percent=50.0),
         TaskChunk(task_id=TaskId("t"), text="héllo", tokens=2),
         TaskDone(task_id=TaskId("t"), finish_reason="length", prompt_tokens=3, completion_tokens=4),
+        TaskDone(
+            task_id=TaskId("t"),
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=2,
+            token_logprobs=(-0.25, -1.5),
+        ),
+        VerifyResult(
+            verify_id=TaskId("v"),
+            tokens=(TokenScore(rank=2, logprob=-1.5, top_logprob=-0.5),),
+            eos_rank=7,
+            eos_logprob=-3.0,
+        ),
+        VerifyResult(verify_id=TaskId("v"), error="the pinned model file is not loaded"),
     ):
         assert parse_miner_message(encode(message)) == message
 
@@ -57,6 +74,12 @@ def test_router_messages_round_trip() -> None:
     assert parse_router_message(encode(task)) == task
     park = Park(parked=True, heartbeat_interval_s=5.0)
     assert parse_router_message(encode(park)) == park
+    check = VerifyAssign(
+        verify_id=TaskId("v"), model=ModelName("m"), model_hash="ab" * 32, prompt="hi", output="yo"
+    )
+    assert parse_router_message(encode(check)) == check
+    # Added without a version bump: a task that asks nothing new encodes as before.
+    assert "logprobs" not in encode(task)
 
 
 def test_messages_are_frozen() -> None:

@@ -265,8 +265,9 @@ class TaskAssign(_Message):
     model_hash: str = ""
     """When set, only a miner whose model file has this SHA-256 may run the task,
     so results compared for verification all come from the same file."""
-    logprobs: bool = False
-    """Send the log-probability of every generated token with ``TaskDone``."""
+    logprobs: bool | None = None
+    """True: send the log-probability of every generated token with ``TaskDone``.
+    None (not False) when not asked, so the frame stays what older miners parse."""
 
 
 class TaskCancel(_Message):

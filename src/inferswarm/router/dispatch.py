@@ -127,7 +127,7 @@ class Job:
             sampling=sampling,
             resume=resume,
             model_hash=self.model_hash,
-            logprobs=self.logprobs,
+            logprobs=self.logprobs or None,
         )
 
 

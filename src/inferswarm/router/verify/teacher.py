@@ -11,8 +11,9 @@ model produced:
   sits at rank 0; text from elsewhere does not). A few are allowed, whatever
   the length: retokenizing the text can split a word otherwise than the
   sampler did, and the odd piece then ranks low;
-- the mean gap between the top choice and the claimed token is small (not
-  checked above temperature 1, where honest samples stray further);
+- over the tokens inside the top ``top_k``, the mean gap between the top
+  choice and the claimed token is small (not checked above temperature 1,
+  where honest samples stray further);
 - an output that claims to have ended (``stop`` with no stop sequences) ends
   where the model would plausibly end, and one that claims to have hit its
   token limit has about the tokens it claims (a truncated answer does not);
@@ -43,7 +44,8 @@ class TeacherPolicy:
     outside_allowed: int = 2
     """Outside tokens always allowed, so one odd piece cannot fail a short answer."""
     max_mean_gap: float = 3.0
-    """Mean of (top log-probability - claimed token's), in nats. Measured:
+    """Mean of (top log-probability - claimed token's) over the tokens inside
+    the top ``top_k``, in nats. Measured (over all tokens):
     honest greedy at most 0.01, sampled at temperature 1 at most 2.06;
     corrupt at least 2.56."""
     end_max_rank: int = 40
@@ -87,7 +89,8 @@ def judge(scores: VerifyResult, claim: Claim, policy: TeacherPolicy) -> TeacherV
     count = len(tokens)
     outside_count = sum(t.rank >= policy.top_k for t in tokens)
     outside = outside_count / count if count else 0.0
-    gap = sum(t.top_logprob - t.logprob for t in tokens) / count if count else 0.0
+    inside = [t for t in tokens if t.rank < policy.top_k]  # the rest is judged above
+    gap = sum(t.top_logprob - t.logprob for t in inside) / len(inside) if inside else 0.0
 
     def failed(reason: str) -> TeacherVerdict:
         return TeacherVerdict(False, reason, outside, gap)
