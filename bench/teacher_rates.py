@@ -48,6 +48,18 @@ PROMPTS = (
     "What does a thermometer measure?",
     "Why is exercise healthy?",
     "What is the largest planet in the solar system?",
+    "Explain what a verb is.",
+    "Write a haiku about rain.",
+    "What is the capital of Italy?",
+    "How does a bicycle work?",
+    "List three colors of the rainbow.",
+    "Why do leaves change color in autumn?",
+    "What is two plus two?",
+    "Tell me a fun fact about octopuses.",
+    "What should I pack for a beach trip?",
+    "How do I boil an egg?",
+    "What is gravity?",
+    "Recommend a good habit for mornings.",
 )
 MAX_TOKENS = 64
 SAMPLED = ((0.7, 1), (0.7, 2), (1.0, 1), (1.0, 2))
@@ -138,7 +150,10 @@ async def measure(
 ) -> dict[str, Any]:
     """The teacher check's detection and false-positive rates, and its cost ratio."""
     policy = policy or TeacherPolicy()
-    engine = LlamaCppEngine(LlamaConfig(model_path=default_model_path(), context_length=1024))
+    # One thread: on a shared 2-core machine two llama.cpp threads spin-wait on
+    # each other and run 5-10x slower; the scorer then gets one thread too.
+    config = LlamaConfig(model_path=default_model_path(), context_length=1024, threads=1)
+    engine = LlamaCppEngine(config)
     try:
         await _run(engine, _task(engine, -1, "warm up", 0.0, 0))
         await _score(engine, await _run(engine, _task(engine, -2, "warm up", 0.0, 0)))
@@ -166,6 +181,8 @@ async def measure(
             rates[f"honest_{kind}_answers"] = len(verdicts)
         # The scorer runs on half the threads (background work), so its wall
         # time overstates its cost; CPU seconds compare the work itself.
+        every_honest = sum(rates[f"honest_{k}_fail"] * len(v) for k, v in honest.items())
+        rates["teacher_honest_fail"] = every_honest / sum(len(v) for v in honest.values())
         rates["score_over_generate_wall"] = round(score_s / generate_s, 4)
         rates["score_over_generate_cpu"] = round(score_cpu / generate_cpu, 4)
         every = honest["greedy"] + honest["sampled"]

@@ -7,15 +7,25 @@ SIMULATED: miners and tasks. The router's real pure logic runs on them
 MEASURED first (bench/verification_rates.py, real llama.cpp on the shipped
 SmolLM2-135M with the miner's real --fault code, all-MiniLM-L6-v2 for semantic):
 the share of each cheater kind's outputs that each strategy detects, and its
-false-verdict rate on honest outputs. ``--assume`` skips the measurement and uses
-the defaults below. ASSUMED: honest miners time out on 2 % and error on 1 % of
-tasks; spot checks use exact consensus (the router's spot checks do).
+false-verdict rate on honest outputs; for the teacher-forced check
+(bench/teacher_rates.py, the router's real ``teacher.judge`` on real scores)
+also its cost: CPU seconds of one scoring prefill over those of generating the
+same answer. ``--assume`` skips the measurements and uses the defaults below.
+ASSUMED: honest miners time out on 2 % and error on 1 % of tasks; a
+fabricate-logprobs miner's clients all ask for logprobs (otherwise it has
+nothing to fabricate).
 
 Strategies:
 - ``spot-exact``: a share p of finished tasks is re-run on a checker; on
   disagreement a referee decides by majority (cost 1 or 2 extra runs);
 - ``redundant-exact`` / ``redundant-semantic``: a share p of requests asks for
-  redundancy 3 (2 extra runs each); the dissenter of a majority fails.
+  redundancy 3 (2 extra runs each); the dissenter of a majority fails;
+- ``spot-teacher``: a share p of finished tasks (greedy or sampled) is scored
+  by one teacher-forced prefill on a trusted miner; a failure is confirmed by
+  a referee's prefill (cost: 1 or 2 prefills, at the measured cost ratio).
+  Its false-verdict rate is the measured share of honest greedy and sampled
+  answers that failed; the referee scores the same text with the same model
+  file, so it is assumed to repeat a false verdict, not to catch it.
 """
 
 from __future__ import annotations
@@ -48,10 +58,15 @@ CHEATERS = {
     "corrupt-10%": ("corrupt", 0.1),
     "random-100%": ("random", 1.0),
     "lazy-50%": ("lazy", 0.5),
+    "fabricate-logprobs-100%": ("fabricate-logprobs", 1.0),
 }
 EXACT_DETECTS = {"corrupt": 1.0, "random": 1.0, "lazy": 1.0}
 SEMANTIC_DETECTS = {"corrupt": 1.0, "random": 1.0, "lazy": 0.5}
 SEMANTIC_FALSE_VERDICT = 0.0
+TEACHER_DETECTS = {"corrupt": 1.0, "random": 1.0, "lazy": 1.0, "fabricate-logprobs": 1.0}
+TEACHER_FALSE_VERDICT = 0.0
+TEACHER_COST = 0.5
+"""Assumed without measurement: one prefill costs half a generation."""
 HONEST_TIMEOUTS, HONEST_ERRORS = 0.02, 0.01
 TASK_LIMIT = 5000
 POLICY = ReputationPolicy()
@@ -64,9 +79,13 @@ class Strategy:
     """Extra runs per checked task when everybody agrees."""
     detects_by_kind: dict[str, float]
     false_verdict_rate: float
+    run_cost: float = 1.0
+    """Cost of one extra run, in generations of the checked task."""
+    teacher: bool = False
 
     def detects(self, kind: str) -> float:
-        return self.detects_by_kind[kind]
+        """Consensus over texts cannot see fabricated logprobs: the text is honest."""
+        return self.detects_by_kind.get(kind, 0.0)
 
     def false_verdict(self) -> float:
         return self.false_verdict_rate
@@ -78,16 +97,31 @@ def strategies(rates: dict[str, object]) -> tuple[Strategy, ...]:
     exact_fv = 1.0 - float(str(rates.get("exact_honest_equal", 1.0)))
     # Redundant runs decode greedily (router/verify/service.py), so the greedy rate applies.
     semantic_fv = float(str(rates.get("semantic_false_verdict_greedy", SEMANTIC_FALSE_VERDICT)))
-    assert isinstance(exact, dict) and isinstance(semantic, dict)
+    teacher = rates.get("teacher_detects", TEACHER_DETECTS)
+    teacher_fv = float(str(rates.get("teacher_honest_fail", TEACHER_FALSE_VERDICT)))
+    teacher_cost = float(str(rates.get("score_over_generate_cpu", TEACHER_COST)))
+    assert isinstance(exact, dict) and isinstance(semantic, dict) and isinstance(teacher, dict)
     return (
         Strategy("spot-exact", 1.0, exact, exact_fv),
+        Strategy("spot-teacher", 1.0, teacher, teacher_fv, teacher_cost, teacher=True),
         Strategy("redundant-exact", 2.0, exact, exact_fv),
         Strategy("redundant-semantic", 2.0, semantic, semantic_fv),
     )
 
 
-def checked_outcome(wrong: bool, rng: random.Random, strategy: Strategy) -> tuple[Outcome, int]:
-    """The verdict on one checked task through ``decide`` and its extra runs."""
+def checked_outcome(wrong: bool, rng: random.Random, strategy: Strategy) -> tuple[Outcome, float]:
+    """The verdict on one checked task and the cost of its extra runs."""
+    if strategy.teacher:
+        failed = wrong or rng.random() < strategy.false_verdict()
+        prefills = 2 if failed else 1  # a failure is confirmed by a referee
+        return (Outcome.FAIL if failed else Outcome.PASS), prefills * strategy.run_cost
+    return _consensus_outcome(wrong, rng, strategy)
+
+
+def _consensus_outcome(
+    wrong: bool, rng: random.Random, strategy: Strategy
+) -> tuple[Outcome, float]:
+    """The verdict through the router's ``decide`` and its extra runs."""
     miners = [MinerId("suspect"), MinerId("checker"), MinerId("referee")]
     texts = ["wrong" if wrong else "right", "right", "right"]
     if strategy.extra_runs == 1.0 and not wrong:
@@ -102,9 +136,9 @@ def checked_outcome(wrong: bool, rng: random.Random, strategy: Strategy) -> tupl
 
 def until_quarantine(
     kind: str, share: float, p: float, strategy: Strategy, rng: random.Random
-) -> tuple[int | None, int, int]:
+) -> tuple[int | None, int, float]:
     """Tasks until quarantine (None: not within TASK_LIMIT), tasks, extra runs."""
-    standing, extra = Standing(), 0
+    standing, extra = Standing(), 0.0
     for task in range(1, TASK_LIMIT + 1):
         now = float(task)
         cheated = rng.random() < share
@@ -119,8 +153,8 @@ def until_quarantine(
     return None, TASK_LIMIT, extra
 
 
-def honest(p: float, strategy: Strategy, rng: random.Random, tasks: int) -> tuple[bool, int]:
-    standing, extra = Standing(), 0
+def honest(p: float, strategy: Strategy, rng: random.Random, tasks: int) -> tuple[bool, float]:
+    standing, extra = Standing(), 0.0
     for task in range(1, tasks + 1):
         now = float(task)
         roll = rng.random()
@@ -154,10 +188,15 @@ def main() -> None:
     rng = random.Random(args.seed)
     rates: dict[str, object] = {}
     if not args.assume:
+        from teacher_rates import measure as measure_teacher
         from verification_rates import measure
 
         rates = asyncio.run(measure())
         Console().print(f"measured outcome rates: {rates}")
+        teacher = asyncio.run(measure_teacher())
+        rates.update({k: v for k, v in teacher.items() if k != "spread"})
+        rates["teacher_spread"] = teacher["spread"]
+        Console().print(f"measured teacher-forced rates: {teacher}")
     rows = []
     for strategy in strategies(rates):
         for p in RATES:
@@ -198,6 +237,9 @@ def main() -> None:
             "exact_detects": EXACT_DETECTS,
             "semantic_detects": SEMANTIC_DETECTS,
             "semantic_false_verdict": SEMANTIC_FALSE_VERDICT,
+            "teacher_detects": TEACHER_DETECTS,
+            "teacher_false_verdict": TEACHER_FALSE_VERDICT,
+            "teacher_cost": TEACHER_COST,
         },
         "honest_timeouts": HONEST_TIMEOUTS,
         "honest_errors": HONEST_ERRORS,

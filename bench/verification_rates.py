@@ -52,7 +52,9 @@ async def _answer(engine: Any, prompt: str, temperature: float, seed: int) -> st
 
 
 async def measure(prompts: tuple[str, ...] = PROMPTS) -> dict[str, Any]:
-    engine = LlamaCppEngine(LlamaConfig(model_path=default_model_path(), context_length=512))
+    # One thread: two spin-wait on each other on a shared 2-core machine (5-10x slower).
+    config = LlamaConfig(model_path=default_model_path(), context_length=512, threads=1)
+    engine = LlamaCppEngine(config)
     honest = [await _answer(engine, p, 0.0, 0) for p in prompts]
     again = [await _answer(engine, p, 0.0, 1) for p in prompts]
     sampled = [
