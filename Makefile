@@ -41,6 +41,7 @@ check: $(VENV)/.installed-dev
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev system-deps
+install-verify: $(VENV)/.installed-verify
 
 # Debian tools the tests drive: `promtool` (package prometheus) checks both
 # Prometheus exporters, `chromium` runs the dashboard test. Installed only when
