@@ -349,18 +349,8 @@ class SqlStore:
     async def finish_batch_task(
         self, batch_id: str, line: int, state: TaskState, result: str, attempts: int
     ) -> None:
-        async with self.engine.begin() as conn:
-            # Only a pending task can finish: a task finished twice (a late
-            # duplicate) keeps its first result, so each line appears once.
-            await conn.execute(
-                update(batch_tasks)
-                .where(
-                    batch_tasks.c.batch_id == batch_id,
-                    batch_tasks.c.line == line,
-                    batch_tasks.c.state == TaskState.PENDING.value,
-                )
-                .values(state=state.value, result=result, attempts=attempts)
-            )
+        where = (batch_tasks.c.batch_id == batch_id, batch_tasks.c.line == line)
+        await self._finish_pending(batch_tasks, where, state, attempts, result=result)
 
     async def batch_results(self, batch_id: str, state: TaskState) -> AsyncIterator[str]:
         query = (
@@ -429,16 +419,8 @@ class SqlStore:
     async def finish_job_task(
         self, job_id: str, key: str, state: TaskState, output: str, attempts: int
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(job_tasks)
-                .where(
-                    job_tasks.c.job_id == job_id,
-                    job_tasks.c.key == key,
-                    job_tasks.c.state == TaskState.PENDING.value,
-                )
-                .values(state=state.value, output=output, attempts=attempts)
-            )
+        where = (job_tasks.c.job_id == job_id, job_tasks.c.key == key)
+        await self._finish_pending(job_tasks, where, state, attempts, output=output)
 
     # verification
 
@@ -579,6 +561,19 @@ class SqlStore:
     async def _all(self, cls: type[R], query: Any) -> list[R]:
         async with self.engine.connect() as conn:
             return [_plain(cls, row) for row in await conn.execute(query)]
+
+    async def _finish_pending(
+        self, table: Table, where: tuple[Any, ...], state: TaskState, attempts: int, **out: str
+    ) -> None:
+        # Only a pending task can finish: a task finished twice (a late
+        # duplicate) keeps its first result, so each one appears once.
+        pending = table.c.state == TaskState.PENDING.value
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(table)
+                .where(*where, pending)
+                .values(state=state.value, attempts=attempts, **out)
+            )
 
     async def _revoke(self, table: Table, row_id: str, at: int) -> bool:
         async with self.engine.begin() as conn:
