@@ -58,6 +58,10 @@ class TeacherPolicy:
     """A claimed log-probability further than this (nats) from the recomputed
     one is wrong. Measured: honest at most 0.33 (decode against prefill)."""
     max_logprob_mismatch_share: float = 0.1
+    logprob_mismatches_allowed: int = 3
+    """Wrong claims always allowed: where retokenizing the text split a word
+    otherwise than the sampler did, a few positions compare unlike tokens
+    (measured: 3 of 8 in one honest greedy answer of 24)."""
 
 
 @dataclass(frozen=True)
@@ -108,27 +112,28 @@ def judge(scores: VerifyResult, claim: Claim, policy: TeacherPolicy) -> TeacherV
         return failed(f"it claims to have ended where the model ranks the end {scores.eos_rank}")
     if claim.token_logprobs is not None:
         recomputed = [t.logprob for t in tokens]
-        mismatch = logprob_mismatch(claim.token_logprobs, recomputed, policy.logprob_tolerance)
-        if mismatch > policy.max_logprob_mismatch_share:
-            return failed(f"{mismatch:.0%} of its claimed log-probabilities are wrong")
+        wrong = logprob_mismatches(claim.token_logprobs, recomputed, policy.logprob_tolerance)
+        claimed = len(claim.token_logprobs)
+        allowed = max(
+            policy.logprob_mismatches_allowed, policy.max_logprob_mismatch_share * claimed
+        )
+        if wrong > allowed:
+            return failed(f"{wrong / claimed:.0%} of its claimed log-probabilities are wrong")
     return TeacherVerdict(True, "ok", outside, gap)
 
 
-def logprob_mismatch(
+def logprob_mismatches(
     claimed: Sequence[float], recomputed: Sequence[float], tolerance: float
-) -> float:
-    """Share of claimed log-probabilities off by more than ``tolerance``.
+) -> int:
+    """How many claimed log-probabilities are off by more than ``tolerance``.
 
     Position by position when the checker's tokens line up with the claim;
     when retokenizing the text gave another count, only the means can be
     compared, and a mean off by more than ``tolerance`` counts as all wrong.
     """
-    if not claimed and not recomputed:
-        return 0.0
     if len(claimed) != len(recomputed):
         if not claimed or not recomputed:
-            return 1.0
+            return len(claimed)
         mean_gap = abs(sum(claimed) / len(claimed) - sum(recomputed) / len(recomputed))
-        return 1.0 if mean_gap > tolerance else 0.0
-    wrong = sum(abs(a - b) > tolerance for a, b in zip(claimed, recomputed, strict=True))
-    return wrong / len(claimed)
+        return len(claimed) if mean_gap > tolerance else 0
+    return sum(abs(a - b) > tolerance for a, b in zip(claimed, recomputed, strict=True))
