@@ -194,7 +194,10 @@ def main() -> None:
         rates = asyncio.run(measure())
         Console().print(f"measured outcome rates: {rates}")
         teacher = asyncio.run(measure_teacher())
-        rates.update({k: v for k, v in teacher.items() if k != "spread"})
+        rates.update({k: v for k, v in teacher.items() if k.startswith(("teacher", "honest"))})
+        rates.update({k: v for k, v in teacher.items() if k.startswith("score_over")})
+        rates["teacher_prompts"] = teacher["prompts"]
+        rates["teacher_max_tokens"] = teacher["max_tokens"]
         rates["teacher_spread"] = teacher["spread"]
         Console().print(f"measured teacher-forced rates: {teacher}")
     rows = []
