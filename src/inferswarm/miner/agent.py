@@ -67,6 +67,8 @@ class AgentSettings:
     router_url: str
     identity: MinerIdentity
     name: str
+    operator: str = ""
+    """Who runs this miner, declared to the router (empty: undeclared)."""
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
     handshake_timeout_s: float = 10.0
@@ -149,6 +151,7 @@ class MinerAgent:
             slots=self._engine.slots,
             claimed_tokens_per_s=self._engine.claimed_tokens_per_s(),
             software_version=__version__,
+            operator=self._settings.operator,
         )
 
     async def run_forever(self) -> None:

@@ -29,6 +29,7 @@ def describe(conn: MinerConnection, now: float, registry: MinerRegistry) -> dict
     return {
         "id": info.miner_id,
         "name": info.name,
+        "operator": info.operator or None,
         "state": registry.state_of(conn).value,
         "reputation": round(book.score(conn.miner_id), 4),
         "verification": {
