@@ -430,11 +430,16 @@ class Verifier:
         )
 
     async def _probation(self) -> None:
-        """Quarantined miners get only canaries; passing enough of them releases them."""
+        """Quarantined miners get only canaries; passing enough of them releases
+        them. Suspects (a failed check not yet outweighed) get canaries too when
+        idle, so they are confirmed or cleared without waiting for client
+        traffic, which the scheduler sends them less of."""
+        book = self._registry.book
         while True:
             await asyncio.sleep(PROBATION_INTERVAL_S)
             for conn in self._registry.connections():
-                if self._registry.book.is_quarantined(conn.miner_id) and not conn.tasks:
+                suspect = book.is_quarantined(conn.miner_id) or book.is_suspect(conn.miner_id)
+                if suspect and not conn.tasks:
                     files = {o.name: o.file_hash for o in conn.info.models}
                     canary = await self.canaries.pick(conn.miner_id, files)
                     if canary is not None:
