@@ -36,6 +36,8 @@ def describe(conn: MinerConnection, now: float, registry: MinerRegistry) -> dict
             "passed": standing.passes,
             "failed": standing.fails,
             "canary_passes": standing.canary_passes,
+            "suspicion": round(standing.suspicion, 3),
+            "suspect": book.is_suspect(conn.miner_id),
         },
         "public_key": info.public_key,
         "engine": info.engine,
