@@ -77,3 +77,24 @@ def test_map_reduce_tasks_are_checked_and_never_keep_a_corrupt_output(net: Netwo
     assert len(rows) >= 10
     assert {json.loads(output)["text"] for (output,) in rows} == {HONEST.strip()}
     assert_rejected(net, cheat_id)
+
+
+def test_a_batch_line_no_two_miners_agree_on_ends_in_the_error_file(net: Network) -> None:
+    net.start_router(
+        "--spot-check-rate", "1.0", "--task-retry-delay", "0", "--task-max-attempts", "2"
+    )
+    for name in ("m1", "m2", "m3"):
+        net.start_miner(name, "--fake-echo")  # each miner answers differently
+    net.wait_miners(3)
+    with api(net) as client:
+        line = request_line("only", max_tokens=5, temperature=0)
+        upload = client.files.create(file=("in.jsonl", jsonl([line])), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = wait_batch(client, batch.id)
+        assert lines_of(client, batch.output_file_id) == []
+        (failed,) = lines_of(client, batch.error_file_id)
+    error = failed["response"]["body"]["error"]
+    assert error["code"] == "verification_failed"
+    assert "no two miners agreeing" in error["message"]
