@@ -189,6 +189,23 @@ def test_standby_parks_an_idle_miner_and_activates_it_under_load(net: Network) -
     assert load.ok > 0
 
 
+def test_local_miners_die_with_a_router_killed_outright(net: Network) -> None:
+    net.start_router(
+        *("--autoscale", "local", "--min-miners", "2", "--max-miners", "2"),
+        *("--scale-miner-args", MINER_ARGS, "--scale-miner-cpus", "0.1"),
+    )
+    assert net.router is not None
+    net.wait_miners(2, timeout=30)
+    miners = psutil.Process(net.router.popen.pid).children(recursive=True)
+    assert len(miners) == 2, miners
+    net.router.popen.kill()  # SIGKILL: the router gets no chance to stop them
+    net.router.popen.wait()
+    _, alive = psutil.wait_procs(miners, timeout=20)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, "miners outlived their router"
+
+
 def run_router(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     command = [sys.executable, "-m", "inferswarm", "router", "--no-auth", *args]

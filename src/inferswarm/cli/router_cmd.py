@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from inferswarm.cli.common import setup_logging
+from inferswarm.cli.lifetime import exit_with
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.scale.policy import ScalePolicy
 from inferswarm.router.scale.settings import LocalBudget, ProviderKind, ScaleSettings
@@ -316,12 +317,20 @@ def router(
             rich_help_panel=SCALE_PANEL,
         ),
     ] = 5.0,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop (draining) when the process with this id exits (`inferswarm up` sets it).",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
 ) -> None:
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
+    if parent_pid is not None:
+        exit_with(parent_pid)
     keys = _split_keys(api_key)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")

@@ -166,6 +166,8 @@ class LocalProvider:
         args = (
             *("-m", "inferswarm", "miner", "--router", self._router_url, "--name", name),
             *("--data-dir", str(self._workdir / name)),
+            # Dies with this router, even one killed outright (kill -9, the OOM killer).
+            *("--parent-pid", str(os.getpid())),
             *self._args,
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
