@@ -70,7 +70,7 @@ def _watch(parent: psutil.Process, sig: signal.Signals) -> None:
 def _alive(process: psutil.Process) -> bool:
     # is_running() also compares the start time, so a reused pid does not count.
     with contextlib.suppress(psutil.Error):
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     return False
 
 
