@@ -13,7 +13,12 @@ from inferswarm.cli.common import setup_logging
 from inferswarm.cli.lifetime import exit_with
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.scale.policy import ScalePolicy
-from inferswarm.router.scale.settings import LocalBudget, ProviderKind, ScaleSettings
+from inferswarm.router.scale.settings import (
+    LocalBudget,
+    ProviderKind,
+    ScaledModel,
+    ScaleSettings,
+)
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
@@ -265,7 +270,8 @@ def router(
     scale_miner_args: Annotated[
         str,
         typer.Option(
-            help='local: flags for the miners it starts, e.g. "--engine fake --fake-speed 50".',
+            help='local: flags for the miners it starts, e.g. "--engine fake --fake-speed 50"; '
+            "{model} is replaced by the model a miner is started for (see --scale-model).",
             rich_help_panel=SCALE_PANEL,
         ),
     ] = "",
@@ -305,7 +311,12 @@ def router(
     scale_model: Annotated[
         list[str] | None,
         typer.Option(
-            help="command: a model to keep at --min-miners before any miner serves it (repeatable).",
+            help="A model to scale, kept at --min-miners even before any miner serves it "
+            "(repeatable). local scales each one named on its own, starting its miners with "
+            "--scale-miner-args and, given as NAME=FLAGS, flags of its own, e.g. "
+            "'smollm2-135m-instruct:q8_0=--model /models/smollm2-q8_0.gguf'. Without it, local's "
+            "miners all serve the one model --scale-miner-args gives.",
+            metavar="NAME[=FLAGS]",
             rich_help_panel=SCALE_PANEL,
         ),
     ] = None,
@@ -380,7 +391,7 @@ def router(
             router_scheme="https" if tls_cert else "http",
             budget=_budget(scale_cpus, scale_memory_mb, scale_miner_cpus, scale_miner_memory_mb),
             command=_command(autoscale, scale_command),
-            models=tuple(scale_model or ()),
+            models=_scaled_models(scale_model or [], scale_miner_args),
             standby_heartbeat_s=standby_heartbeat,
         ),
     )
@@ -419,6 +430,20 @@ def _budget(
         miner_cpus=miner_cpus,
         miner_memory_bytes=int(miner_memory_mb * 2**20),
     )
+
+
+def _scaled_models(specs: list[str], miner_args: str) -> tuple[ScaledModel, ...]:
+    try:
+        models = tuple(ScaledModel.parse(spec) for spec in specs)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scale-model") from exc
+    if "{model}" in miner_args and not models:
+        raise typer.BadParameter(
+            "{model} in --scale-miner-args needs the models named: add --scale-model NAME "
+            "for each model to scale",
+            param_hint="--scale-miner-args",
+        )
+    return models
 
 
 def _command(kind: ProviderKind, command: str) -> str:

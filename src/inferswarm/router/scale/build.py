@@ -94,9 +94,11 @@ def _provider(
             registry,
             scale.start_timeout_s,
             clock,
+            scale.models,
         )
     if scale.provider is ProviderKind.COMMAND:
-        return CommandProvider(scale.command, scale.models, registry, scale.start_timeout_s)
+        names = tuple(m.name for m in scale.models)
+        return CommandProvider(scale.command, names, registry, scale.start_timeout_s)
     return StandbyProvider(registry, scale.standby_heartbeat_s, settings.heartbeat_interval_s)
 
 
