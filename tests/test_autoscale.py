@@ -240,6 +240,46 @@ def test_local_miners_die_with_a_router_killed_outright(net: Network) -> None:
     assert not alive, "miners outlived their router"
 
 
+def test_a_request_for_a_model_nobody_serves_waits_while_a_standby_miner_loads_it(
+    net: Network,
+) -> None:
+    net.start_router(
+        *("--autoscale", "standby", "--min-miners", "1", "--max-miners", "2"),
+        *("--scale-interval", "0.5", "--scale-down-delay", "1", "--standby-heartbeat", "2"),
+    )
+    net.start_miner("s1", "--fake-speed", "50")
+    net.wait_miners(1)
+    loadable = ("--fake-loadable", "fake-b=10MB", "--fake-load-s", "0.5")
+    net.start_miner("s2", "--fake-speed", "50", *loadable)
+    net.wait_miners(2)
+
+    def state(name: str) -> str:
+        return next(str(m["state"]) for m in net.miners() if m["name"] == name)
+
+    wait_for("s2 parked", lambda: state("s2") == "parked", 20, net)
+    load = Load(net, model="fake-b")
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(load.one)
+    assert load.failures == [], load.failures
+    assert load.ok == 4
+    assert state("s2") == "live"
+    placements = autoscale(net)["placements"]
+    assert [(p["variant"], p["miner_name"], p["outcome"]) for p in placements] == [
+        ("fake-b", "s2", "loaded")
+    ]
+    assert any(
+        e["kind"] == "scale" and e["detail"].startswith("placing fake-b") for e in events(net)
+    )
+    # A model no miner can load is refused at once, as before.
+    client = openai.OpenAI(base_url=net.base_url + "/v1", api_key="none", max_retries=0)
+    try:
+        client.completions.create(model="fake-nowhere", prompt="hi", max_tokens=2)
+        raise AssertionError("a model nobody can load was accepted")
+    except openai.NotFoundError as exc:
+        assert "not served by any live miner" in str(exc)
+
+
 def run_router(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     command = [sys.executable, "-m", "inferswarm", "router", "--no-auth", *args]

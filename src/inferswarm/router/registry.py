@@ -198,6 +198,8 @@ class MinerRegistry:
         self.bans: dict[MinerId, Ban] = {}
         self.events = EventLog(wall_clock)
         self._ttft_by_tier: dict[int, deque[float]] = {}
+        self.places_models = False
+        """Set when the autoscaler loads models nobody serves onto miners that can."""
 
     @property
     def migrations(self) -> int:
@@ -296,6 +298,20 @@ class MinerRegistry:
             for offer in conn.info.models
             if offer.name == name
         ]
+
+    def coming(self, model: str, min_precision: str | None = None) -> bool:
+        """Whether no live miner serves ``model`` (a family: any variant) but one
+        soon may: while the autoscaler places models, a connected miner can load a
+        variant of it. A request for it waits instead of being refused."""
+        if not self.places_models or resolve_variants(model, self.served_models()).variants:
+            return False
+        able = {
+            offer.name
+            for conn in self._miners.values()
+            if conn.state in (MinerState.LIVE, MinerState.PARKED)
+            for offer in (*conn.info.loadable, *conn.info.models)
+        }
+        return bool(resolve_variants(model, able, min_precision).variants)
 
     async def add(self, info: Register, send: SendFrame, close: CloseConnection) -> MinerConnection:
         """Register a miner; a reconnecting miner replaces its stale connection."""

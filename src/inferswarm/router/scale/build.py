@@ -73,6 +73,7 @@ def build_autoscaler(
         drain_timeout_s=scale.drain_timeout_s,
         clock=clock,
         wall_clock=wall_clock,
+        heartbeat_s=settings.heartbeat_interval_s,
     )
 
 
