@@ -240,6 +240,7 @@ async def test_a_model_nobody_serves_is_loaded_on_a_parked_miner_that_then_takes
     assert not world.registry.coming("nobody-has-it")
     world.metrics.running_by_model[OTHER] = 2
     await world.tick()
+    await settle()
     assert world.miners["b"].loads() == [OTHER]
     await world.tick()
     await settle()
@@ -270,6 +271,7 @@ async def test_a_failed_load_is_not_asked_of_that_miner_again_for_a_while() -> N
     b = await world.join("b", loadable=(OTHER,))
     world.metrics.running_by_model[OTHER] = 1
     await world.tick()
+    await settle()
     refusal = ModelsChanged(
         models=(offer(MODEL),), loadable=(offer(OTHER),), error="loading other failed: disk"
     )
@@ -278,9 +280,12 @@ async def test_a_failed_load_is_not_asked_of_that_miner_again_for_a_while() -> N
     assert world.scaler.placements[-1].outcome == "failed: loading other failed: disk"
     for _ in range(3):
         await world.tick(10)
+        await settle()
     assert world.miners["b"].loads() == [OTHER]
     await world.tick(40)
+    await settle()
     assert world.miners["b"].loads() == [OTHER, OTHER]
+    await world.scaler.close()
 
 
 async def test_the_last_miner_serving_a_model_is_not_drained_for_another() -> None:
