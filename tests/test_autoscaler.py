@@ -239,9 +239,9 @@ async def test_a_model_nobody_serves_is_loaded_on_a_parked_miner_that_then_takes
     assert world.registry.coming(OTHER), "a request for it waits instead of a 404"
     assert not world.registry.coming("nobody-has-it")
     world.metrics.running_by_model[OTHER] = 2
-    await world.tick()
+    world.registry.want(OTHER)  # what the dispatcher says when a request starts to wait
     await settle()
-    assert world.miners["b"].loads() == [OTHER]
+    assert world.miners["b"].loads() == [OTHER], "placed at once, not at the next evaluation"
     await world.tick()
     await settle()
     assert world.miners["b"].loads() == [OTHER], "asked once while it loads"

@@ -332,7 +332,9 @@ class Dispatcher:
             if decision.saturated:
                 await self._wait(job, ticket, trace)
             elif self._coming(job):
-                loaded_by = loaded_by or self._clock() + self._queue.timeout_s
+                if loaded_by is None:
+                    loaded_by = self._clock() + self._queue.timeout_s
+                    self._registry.want(job.model)  # the autoscaler places it now
                 await self._wait_for_model(job, loaded_by, trace)
             else:
                 break

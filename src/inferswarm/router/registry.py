@@ -200,6 +200,7 @@ class MinerRegistry:
         self._ttft_by_tier: dict[int, deque[float]] = {}
         self.places_models = False
         """Set when the autoscaler loads models nobody serves onto miners that can."""
+        self._want_listeners: list[Callable[[str], None]] = []
 
     @property
     def migrations(self) -> int:
@@ -298,6 +299,14 @@ class MinerRegistry:
             for offer in conn.info.models
             if offer.name == name
         ]
+
+    def on_want(self, listener: Callable[[str], None]) -> None:
+        """Be told when a request starts waiting for a model that is ``coming``."""
+        self._want_listeners.append(listener)
+
+    def want(self, model: str) -> None:
+        for listener in self._want_listeners:
+            listener(model)
 
     def coming(self, model: str, min_precision: str | None = None) -> bool:
         """Whether no live miner serves ``model`` (a family: any variant) but one

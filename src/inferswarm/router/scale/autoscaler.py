@@ -133,6 +133,8 @@ class Autoscaler:
         self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
         self.placements: deque[PlacementRecord] = deque(maxlen=DECISIONS_KEPT)
         registry.places_models = True
+        # A request waiting for a model nobody serves gets it placed now, not next round.
+        registry.on_want(self._wanted)
 
     async def run(self) -> None:
         """Start the first miners, then evaluate every ``interval_s`` until cancelled."""
@@ -290,6 +292,12 @@ class Autoscaler:
                 log.info("autoscaler cannot place %s yet: %s", left.model, left.reason)
         self._unplaced = {left.model: left.reason for left in unplaced}
         return loads
+
+    def _wanted(self, model: str) -> None:
+        try:
+            self.place_models()
+        except Exception:  # the request waits all the same; the next round tries again
+            log.exception("placing %s failed; will try again", model)
 
     def _candidates(self) -> list[Candidate]:
         return [
