@@ -225,7 +225,8 @@ def router(
         typer.Option(
             help="Scale the miner pool with demand: local starts and stops miner processes on "
             "this machine, command runs --scale-command, standby parks and activates connected "
-            "miners. Default: off.",
+            "miners. With any of them, a request for a model no miner serves waits while a "
+            "parked or idle miner that can load it (its loadable list) does. Default: off.",
             envvar="INFERSWARM_AUTOSCALE",
             rich_help_panel=SCALE_PANEL,
         ),
