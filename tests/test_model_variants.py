@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -199,3 +200,30 @@ def test_a_limit_nothing_fits_is_refused_with_advice(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "raise --memory-limit" in done.stderr
+
+
+def test_a_smollm2_miner_loads_gemma_on_request_and_serves_it(
+    tmp_path: Path, gemma_file: Path
+) -> None:
+    with network(tmp_path) as net:
+        net.start_router()
+        net.start_miner(
+            "grower",
+            *("--model-dir", str(gemma_file.parent)),
+            *("--threads", "1", "--ctx", "512", "--cache-dir", str(CACHE)),
+            engine="llamacpp",
+        )
+        miner = net.wait_miners(1, timeout=240)[0]
+        assert miner["models"] == [Q4] and GEMMA in miner["loadable"]  # type: ignore[operator]
+        details = miner["model_details"][0]  # type: ignore[index]
+        assert details["family"] == FAMILY and details["memory_bytes"] > 0  # from the catalog
+        done = httpx.post(
+            f"{net.base_url}/v1/admin/miners/{miner['id']}/models",
+            json={"load": GEMMA},
+            timeout=300,
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["models"] == [Q4, GEMMA]
+        with openai.OpenAI(base_url=net.base_url + "/v1", api_key="none", max_retries=0) as api:
+            assert served_by(api, GEMMA) == "grower"
+            assert served_by(api, Q4) == "grower"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inferswarm.miner.catalog import CatalogEntry
-from inferswarm.protocol import HardwareProfile, precision_bits
+from inferswarm.protocol import Capability, HardwareProfile, precision_bits
 
 SAFETY_MARGIN = 0.20
 """Share of memory (RAM and VRAM) kept free for the OS, other work and spikes."""
@@ -31,6 +31,13 @@ class SpeedReference:
 
     def estimate(self, file_bytes: int) -> float:
         return self.generation_tokens_per_s * self.file_bytes / max(1, file_bytes)
+
+
+def speed_reference(file_bytes: int, capability: Capability | None) -> SpeedReference | None:
+    """The reference from one measured model: its file size and generation speed."""
+    if capability is None or file_bytes <= 0 or capability.generation_tokens_per_s <= 0:
+        return None
+    return SpeedReference(file_bytes, capability.generation_tokens_per_s)
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,8 @@ def plan_placement(
     what memory is left and meets ``limits.min_tokens_per_s``; if none is
     fast enough, the fastest that fits. With GPUs, variants that fit wholly
     in VRAM come first."""
-    keep = 1 - limits.margin
-    ram_left = int(_ram_for_models(hardware, limits) * keep)
-    vram_left = int(sum(gpu.memory_bytes for gpu in hardware.gpus) * keep)
+    ram_left = memory_budget(hardware, limits)
+    vram_left = int(sum(gpu.memory_bytes for gpu in hardware.gpus) * (1 - limits.margin))
     budgets = (ram_left, vram_left)
     placed: list[PlacedModel] = []
     skipped: list[tuple[str, str]] = []
@@ -132,6 +138,25 @@ def _choose_variant(
     fastest = max(fitting, key=lambda m: m.estimated_tokens_per_s or 0.0)
     slower = [(m.entry, "below the minimum speed") for m in fitting if m is not fastest]
     return _Choice(fastest, (*rejected, *slower))
+
+
+def memory_budget(hardware: HardwareProfile, limits: PlacementLimits) -> int:
+    """RAM the miner's models may take together: the memory limit (or the RAM
+    available) less the safety margin."""
+    return int(_ram_for_models(hardware, limits) * (1 - limits.margin))
+
+
+def load_refusal(name: str, need_bytes: int, used_bytes: int, budget_bytes: int) -> str | None:
+    """Why ``name``, needing ``need_bytes``, cannot be loaded beside models that
+    use ``used_bytes`` of a ``budget_bytes`` budget; None when it fits."""
+    if used_bytes + need_bytes <= budget_bytes:
+        return None
+    free = max(0, budget_bytes - used_bytes)
+    return (
+        f"{name} needs ~{_mib(need_bytes)} and only {_mib(free)} of this miner's "
+        f"{_mib(budget_bytes)} model memory is free; unload a model first, or restart the "
+        "miner with a larger --memory-limit"
+    )
 
 
 def _ram_for_models(hardware: HardwareProfile, limits: PlacementLimits) -> int:
