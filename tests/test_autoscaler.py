@@ -242,6 +242,8 @@ async def test_a_model_nobody_serves_is_loaded_on_a_parked_miner_that_then_takes
     world.registry.want(OTHER)  # what the dispatcher says when a request starts to wait
     await settle()
     assert world.miners["b"].loads() == [OTHER], "placed at once, not at the next evaluation"
+    world.registry.on_message(b, ModelsChanged(models=(offer(MODEL),), loading=(OTHER,)))
+    assert world.registry.coming(OTHER), "still waited for while it loads"
     await world.tick()
     await settle()
     assert world.miners["b"].loads() == [OTHER], "asked once while it loads"

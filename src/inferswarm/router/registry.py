@@ -342,15 +342,20 @@ class MinerRegistry:
 
     def coming(self, model: str, min_precision: str | None = None) -> bool:
         """Whether no live miner serves ``model`` (a family: any variant) but one
-        soon may: while the autoscaler places models, a connected miner can load a
-        variant of it. A request for it waits instead of being refused."""
+        soon may: while the autoscaler places models, a connected miner is loading
+        a variant of it, can load one, or is parked serving one. A request for it
+        waits instead of being refused."""
         if not self.places_models or resolve_variants(model, self.served_models()).variants:
             return False
         able = {
-            offer.name
+            name
             for conn in self._miners.values()
             if conn.state in (MinerState.LIVE, MinerState.PARKED)
-            for offer in (*conn.info.loadable, *conn.info.models)
+            for name in (
+                *conn.loading,
+                *(o.name for o in conn.info.loadable),
+                *(o.name for o in conn.info.models),
+            )
         }
         return bool(resolve_variants(model, able, min_precision).variants)
 
