@@ -132,6 +132,8 @@ class LocalProvider:
 
     def headroom(self, model: str) -> int | None:
         self._reap()
+        if self._models and model not in self._models:
+            return 0  # e.g. loaded onto one of ours by placement: no flags to start more
         return max(0, self._budget.miners() - len(self._procs))
 
     async def start(self, count: int) -> None:
