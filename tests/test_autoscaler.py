@@ -4,10 +4,13 @@ a real registry and metrics, miners as recorded WebSocket senders, a set clock."
 from __future__ import annotations
 
 import sys
+from contextlib import aclosing
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 
+from inferswarm.openai_compat.errors import ServiceUnavailable
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     HardwareProfile,
@@ -25,6 +28,7 @@ from inferswarm.protocol import (
     parse_router_message,
 )
 from inferswarm.router.admission import WaitQueue
+from inferswarm.router.dispatch import Dispatcher, DispatchLimits, Job
 from inferswarm.router.events import EventKind
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import MinerConnection, MinerRegistry
@@ -32,7 +36,7 @@ from inferswarm.router.scale.autoscaler import Autoscaler, ScaleMetrics
 from inferswarm.router.scale.policy import ScalePolicy
 from inferswarm.router.scale.providers import CommandProvider, Provider, StandbyProvider
 from inferswarm.router.scale.signals import SignalReader
-from inferswarm.router.schedule import MinerState
+from inferswarm.router.schedule import MinerState, Policy
 
 MODEL = ModelName("m")
 
@@ -298,3 +302,19 @@ async def test_the_last_miner_serving_a_model_is_not_drained_for_another() -> No
         await world.tick()
         await settle()
     assert world.states() == {"a": "parked", "b": "live"}
+
+
+async def test_a_request_waits_for_a_model_on_its_way_and_gives_up_saying_why() -> None:
+    world = World()
+    await world.join("b", loadable=(OTHER,))
+    dispatcher = Dispatcher(
+        world.registry, Policy.LEAST_LOADED, DispatchLimits(), WaitQueue(10, 0.3)
+    )
+    job = Job(model=OTHER, sampling=SamplingParams(max_tokens=4), prompt="hi")
+    with pytest.raises(ServiceUnavailable) as refused:
+        async with aclosing(world.metrics.measured(dispatcher, job)) as events:
+            await anext(events)
+    assert refused.value.code == "model_loading"
+    assert "No miner finished loading a variant of 'other' within 0.3 s" in refused.value.message
+    assert world.miners["b"].loads() == [OTHER], "the wait asked the autoscaler to place it"
+    await world.scaler.close()
