@@ -677,4 +677,12 @@ def _speed_reference(o: EngineOptions, entries: list[CatalogEntry]) -> SpeedRefe
         finally:
             await engine.close()
 
-    return speed_reference(smallest.file_bytes, asyncio.run(measure()))
+    reference = speed_reference(smallest.file_bytes, asyncio.run(measure()))
+    if reference is not None:
+        log.info(
+            "--min-speed %g: speeds estimated from %s at %.1f tokens/s, scaled by file size",
+            o.min_speed,
+            smallest.name,
+            reference.generation_tokens_per_s,
+        )
+    return reference
