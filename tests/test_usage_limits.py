@@ -79,3 +79,15 @@ async def test_streams_are_released_when_settled(tmp_path: Path) -> None:
     await limiter.settle(held)
     await limiter.settle(await limiter.admit(key(), 1, True))
     await store.close()
+
+
+def test_a_family_scope_covers_its_variants_and_a_variant_scope_only_itself() -> None:
+    family = ApiKeyRecord("k", "t", "d", "isk-x", 0, models=("smollm2-135m-instruct",))
+    assert family.allows("smollm2-135m-instruct")
+    assert family.allows("smollm2-135m-instruct:q8_0")
+    assert not family.allows("gemma-3-270m:q4_k_m")
+    variant = ApiKeyRecord("k", "t", "d", "isk-x", 0, models=("smollm2-135m-instruct:q8_0",))
+    assert variant.allows("smollm2-135m-instruct:q8_0")
+    assert not variant.allows("smollm2-135m-instruct:q4_1")
+    assert not variant.allows("smollm2-135m-instruct")  # any variant could answer that
+    assert ApiKeyRecord("k", "t", "d", "isk-x", 0).allows("anything:q2_k")

@@ -6,12 +6,15 @@ URL --admin-key K``)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import getpass
+import inspect
 import json
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -173,19 +176,66 @@ async def _local(data_dir: Path | None, store_url: str | None) -> Any:
         await store.close()
 
 
-def run_admin(
-    target: tuple[str | None, str | None, Path | None, Path | None, str | None],
-    operation: Callable[[Admin], Awaitable[Any]],
-) -> Any:
+@dataclass(frozen=True)
+class AdminTarget:
+    """Where admin operations go: a running router's admin API, or the data dir."""
+
+    router: str | None
+    admin_key: str | None
+    ca_cert: Path | None
+    data_dir: Path | None
+    store_url: str | None
+
+
+def _target_options(
+    router: RouterUrl = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
+    data_dir: DataDir = None,
+    store_url: StoreUrl = None,
+) -> AdminTarget:
+    return AdminTarget(router, admin_key, ca_cert, data_dir, store_url)
+
+
+_TARGET_PARAMETERS = tuple(inspect.signature(_target_options, eval_str=True).parameters.values())
+
+
+def with_admin_target(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command(target: AdminTarget, ...)`` the five target options
+    (``--router``, ``--admin-key``, ``--ca-cert``, ``--data-dir``, ``--store-url``)
+    as its last command-line options, so every admin command spells them once."""
+    own = inspect.signature(command, eval_str=True).parameters
+    parameters = [p for name, p in own.items() if name != "target"] + list(_TARGET_PARAMETERS)
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        names = [p.name for p in _TARGET_PARAMETERS]
+        target = _target_options(**{name: options.pop(name) for name in names})
+        command(target=target, **options)
+
+    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
+
+
+def admin_command(app: typer.Typer, name: str) -> Callable[[Callable[..., None]], Any]:
+    """Register an admin command on ``app`` (see ``with_admin_target``)."""
+
+    def register(command: Callable[..., None]) -> Any:
+        return app.command(name)(with_admin_target(command))
+
+    return register
+
+
+def run_admin(target: AdminTarget, operation: Callable[[Admin], Awaitable[Any]]) -> Any:
     """Run ``operation`` against the admin API or the data dir; errors exit 1 with the reason."""
-    router, admin_key, ca_cert, data_dir, store_url = target
 
     async def go() -> Any:
-        if router is not None:
-            if not admin_key:
+        if target.router is not None:
+            if not target.admin_key:
                 raise AdminError("--router needs --admin-key (or INFERSWARM_ADMIN_KEY)")
-            return await operation(RemoteAdmin(router, admin_key, ca_cert))
-        async with _local(data_dir, store_url) as admin:
+            return await operation(RemoteAdmin(target.router, target.admin_key, target.ca_cert))
+        async with _local(target.data_dir, target.store_url) as admin:
             return await operation(admin)
 
     try:
@@ -213,8 +263,9 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 # keys
 
 
-@keys_app.command("create")
+@admin_command(keys_app, "create")
 def keys_create(
+    target: AdminTarget,
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
     models: Annotated[
         list[str] | None,
@@ -232,11 +283,6 @@ def keys_create(
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="May use the admin API.")] = False,
     as_json: AsJson = False,
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Create an API key. It is shown once, alone on the last line; only its hash is kept."""
     scope = [m for value in models or [] for m in value.split(",") if m]
@@ -248,7 +294,6 @@ def keys_create(
         "quota_tokens": quota_tokens,
         "admin": admin,
     }
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     created = run_admin(target, lambda a: a.call("POST", "/keys", body))
     if as_json:
         print(json.dumps(created))
@@ -267,17 +312,12 @@ def keys_create(
     print(created["key"])
 
 
-@keys_app.command("list")
+@admin_command(keys_app, "list")
 def keys_list(
+    target: AdminTarget,
     as_json: AsJson = False,
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """List API keys (their prefixes and limits; the keys themselves are not kept)."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     keys = run_admin(target, lambda a: a.call("GET", "/keys"))["data"]
     if as_json:
         print(json.dumps(keys))
@@ -301,17 +341,12 @@ def keys_list(
     _table("API keys", [*columns, "revoked"], rows)
 
 
-@keys_app.command("revoke")
+@admin_command(keys_app, "revoke")
 def keys_revoke(
+    target: AdminTarget,
     key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")],
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     run_admin(target, lambda a: a.call("DELETE", f"/keys/{key_id}"))
     console.print(f"Revoked {key_id}.")
 
@@ -319,22 +354,17 @@ def keys_revoke(
 # join tokens
 
 
-@tokens_app.command("create")
+@admin_command(tokens_app, "create")
 def tokens_create(
+    target: AdminTarget,
     name: Annotated[str, typer.Option(help="Whose miners will use it.")],
     ttl: Annotated[
         float | None,
         typer.Option(min=1, max=MAX_TTL_S, help="Seconds until it expires (default: never)."),
     ] = None,
     as_json: AsJson = False,
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Create a join token for miners (`inferswarm miner --join-token …`); shown once, last line."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     created = run_admin(target, lambda a: a.call("POST", "/tokens", {"name": name, "ttl_s": ttl}))
     if as_json:
         print(json.dumps(created))
@@ -347,17 +377,12 @@ def tokens_create(
     print(created["token"])
 
 
-@tokens_app.command("list")
+@admin_command(tokens_app, "list")
 def tokens_list(
+    target: AdminTarget,
     as_json: AsJson = False,
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """List join tokens."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     tokens = run_admin(target, lambda a: a.call("GET", "/tokens"))["data"]
     if as_json:
         print(json.dumps(tokens))
@@ -376,17 +401,12 @@ def tokens_list(
     _table("Join tokens", ["id", "name", "token", "created", "expires", "revoked"], rows)
 
 
-@tokens_app.command("revoke")
+@admin_command(tokens_app, "revoke")
 def tokens_revoke(
+    target: AdminTarget,
     token_id: Annotated[str, typer.Argument(help="The token's id (see `tokens list`).")],
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Revoke a join token: miners can no longer join with it (connected ones stay)."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     run_admin(target, lambda a: a.call("DELETE", f"/tokens/{token_id}"))
     console.print(f"Revoked {token_id}.")
 
@@ -394,35 +414,25 @@ def tokens_revoke(
 # bans
 
 
-@bans_app.command("add")
+@admin_command(bans_app, "add")
 def bans_add(
+    target: AdminTarget,
     miner_id: Annotated[str, typer.Argument(help="The miner's id (see `inferswarm status`).")],
     reason: Annotated[str, typer.Option(help="Shown to the miner and in the audit log.")] = (
         "banned by the operator"
     ),
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Ban a miner id: refused at its next handshake (at once, through --router)."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     run_admin(target, lambda a: a.call("PUT", f"/bans/{miner_id}", {"reason": reason}))
     console.print(f"Banned {miner_id}.")
 
 
-@bans_app.command("list")
+@admin_command(bans_app, "list")
 def bans_list(
+    target: AdminTarget,
     as_json: AsJson = False,
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """List banned miner ids."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     bans = run_admin(target, lambda a: a.call("GET", "/bans"))["data"]
     if as_json:
         print(json.dumps(bans))
@@ -431,31 +441,22 @@ def bans_list(
     _table("Banned miners", ["miner id", "reason", "by", "since"], rows)
 
 
-@bans_app.command("remove")
+@admin_command(bans_app, "remove")
 def bans_remove(
+    target: AdminTarget,
     miner_id: Annotated[str, typer.Argument(help="The banned miner's id.")],
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Lift a ban."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     run_admin(target, lambda a: a.call("DELETE", f"/bans/{miner_id}"))
     console.print(f"Unbanned {miner_id}.")
 
 
+@with_admin_target
 def audit(
+    target: AdminTarget,
     as_json: AsJson = False,
-    router: RouterUrl = None,
-    admin_key: AdminKey = None,
-    ca_cert: CaCert = None,
-    data_dir: DataDir = None,
-    store_url: StoreUrl = None,
 ) -> None:
     """Show the newest admin operations (keys, tokens, bans), newest first."""
-    target = (router, admin_key, ca_cert, data_dir, store_url)
     entries = run_admin(target, lambda a: a.call("GET", "/audit"))["data"]
     if as_json:
         print(json.dumps(entries))

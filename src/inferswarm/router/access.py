@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -185,47 +185,27 @@ class AccessControl:
         await self.store.audit(AuditEntry(self._now(), actor, action, target, details or {}))
 
 
+def _public(record: Any) -> dict[str, Any]:
+    """A record's fields as the admin API shows them: never a secret's ``digest``
+    (``models`` as a list, for JSON)."""
+    shown = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "digest"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
+
+
 def describe_key(record: ApiKeyRecord) -> dict[str, Any]:
-    """A key as the admin API and ``keys list`` show it (never its digest)."""
-    return {
-        "id": record.id,
-        "name": record.name,
-        "prefix": record.prefix,
-        "created_at": record.created_at,
-        "models": list(record.models),
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "quota_tokens": record.quota_tokens,
-        "admin": record.is_admin,
-        "revoked_at": record.revoked_at,
-    }
+    """A key as the admin API and ``keys list`` show it."""
+    shown = _public(record)
+    shown["admin"] = shown.pop("is_admin")
+    return shown
 
 
 def describe_token(record: JoinTokenRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "prefix": record.prefix,
-        "created_at": record.created_at,
-        "expires_at": record.expires_at,
-        "revoked_at": record.revoked_at,
-    }
+    return _public(record)
 
 
 def describe_ban(ban: MinerBanRecord) -> dict[str, Any]:
-    return {
-        "miner_id": ban.miner_id,
-        "reason": ban.reason,
-        "created_at": ban.created_at,
-        "created_by": ban.created_by,
-    }
+    return _public(ban)
 
 
 def describe_audit(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "at": entry.at,
-        "actor": entry.actor,
-        "action": entry.action,
-        "target": entry.target,
-        "details": entry.details,
-    }
+    return _public(entry)

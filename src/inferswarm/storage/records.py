@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from inferswarm.protocol.variants import split_model_name
+
 
 class BatchStatus(StrEnum):
     """OpenAI's batch lifecycle."""
@@ -162,7 +164,10 @@ class ApiKeyRecord:
     revoked_at: int | None = None
 
     def allows(self, model: str) -> bool:
-        return not self.models or model in self.models
+        """A key scoped to a family (``smollm2-135m-instruct``) may use any of its
+        variants, pinned or not; one scoped to a variant may use only that one."""
+        family = split_model_name(model).family
+        return not self.models or model in self.models or family in self.models
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+import functools
+import typing
+from collections.abc import AsyncIterator, Callable, Sequence
+from enum import Enum
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -237,19 +240,16 @@ class SqlStore:
 
     async def add_file(self, record: FileRecord) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(files).values(**_file_row(record)))
+            await conn.execute(insert(files).values(**_plain_row(record)))
 
     async def get_file(self, file_id: str) -> FileRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(files).where(files.c.id == file_id))).first()
-        return _file(row) if row else None
+        return await self._one(FileRecord, select(files).where(files.c.id == file_id))
 
     async def list_files(self, owner: str, purpose: str | None) -> list[FileRecord]:
         query = select(files).where(files.c.owner == owner).order_by(files.c.created_at.desc())
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
-        async with self.engine.connect() as conn:
-            return [_file(row) for row in await conn.execute(query)]
+        return await self._all(FileRecord, query)
 
     async def delete_file(self, file_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -259,15 +259,13 @@ class SqlStore:
 
     async def add_batch(self, batch: BatchRecord, tasks: Sequence[BatchTask]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(batches).values(**_batch_row(batch)))
-            rows = [_batch_task_row(t) for t in tasks]
+            await conn.execute(insert(batches).values(**_plain_row(batch)))
+            rows = [_plain_row(t) for t in tasks]
             for start in range(0, len(rows), INSERT_CHUNK):
                 await conn.execute(insert(batch_tasks), rows[start : start + INSERT_CHUNK])
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(batches).where(batches.c.id == batch_id))).first()
-        return _batch(row) if row else None
+        return await self._one(BatchRecord, select(batches).where(batches.c.id == batch_id))
 
     async def list_batches(self, owner: str, limit: int, after: str | None) -> list[BatchRecord]:
         query = select(batches).where(batches.c.owner == owner)
@@ -282,8 +280,7 @@ class SqlStore:
                     | and_(batches.c.created_at == anchor, batches.c.id < after)
                 )
         query = query.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            return [_batch(row) for row in await conn.execute(query)]
+        return await self._all(BatchRecord, query)
 
     async def active_batches(self) -> list[BatchRecord]:
         query = (
@@ -291,8 +288,7 @@ class SqlStore:
             .where(batches.c.status.in_([s.value for s in ACTIVE_BATCH_STATUSES]))
             .order_by(batches.c.created_at, batches.c.id)
         )
-        async with self.engine.connect() as conn:
-            return [_batch(row) for row in await conn.execute(query)]
+        return await self._all(BatchRecord, query)
 
     async def set_batch_status(
         self, batch_id: str, status: BatchStatus, at: int, **fields: Any
@@ -325,7 +321,7 @@ class SqlStore:
         async with self.engine.begin() as conn:
             for record in result_files:
                 await conn.execute(files.delete().where(files.c.id == record.id))
-                await conn.execute(insert(files).values(**_file_row(record)))
+                await conn.execute(insert(files).values(**_plain_row(record)))
             fields = {"output_file_id": output_file_id, "error_file_id": error_file_id}
             await self._set_status(conn, batch_id, status, at, fields)
 
@@ -348,24 +344,13 @@ class SqlStore:
             )
             .order_by(batch_tasks.c.line)
         )
-        async with self.engine.connect() as conn:
-            return [_batch_task(row) for row in await conn.execute(query)]
+        return await self._all(BatchTask, query)
 
     async def finish_batch_task(
         self, batch_id: str, line: int, state: TaskState, result: str, attempts: int
     ) -> None:
-        async with self.engine.begin() as conn:
-            # Only a pending task can finish: a task finished twice (a late
-            # duplicate) keeps its first result, so each line appears once.
-            await conn.execute(
-                update(batch_tasks)
-                .where(
-                    batch_tasks.c.batch_id == batch_id,
-                    batch_tasks.c.line == line,
-                    batch_tasks.c.state == TaskState.PENDING.value,
-                )
-                .values(state=state.value, result=result, attempts=attempts)
-            )
+        where = (batch_tasks.c.batch_id == batch_id, batch_tasks.c.line == line)
+        await self._finish_pending(batch_tasks, where, state, attempts, result=result)
 
     async def batch_results(self, batch_id: str, state: TaskState) -> AsyncIterator[str]:
         query = (
@@ -381,12 +366,10 @@ class SqlStore:
 
     async def add_job(self, job: JobRecord) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(jobs).values(**_job_row(job)))
+            await conn.execute(insert(jobs).values(**_plain_row(job)))
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
-        return _job(row) if row else None
+        return await self._one(JobRecord, select(jobs).where(jobs.c.id == job_id))
 
     async def active_jobs(self) -> list[JobRecord]:
         query = (
@@ -394,8 +377,7 @@ class SqlStore:
             .where(jobs.c.status.in_(ACTIVE_JOB_STATUSES))
             .order_by(jobs.c.created_at, jobs.c.id)
         )
-        async with self.engine.connect() as conn:
-            return [_job(row) for row in await conn.execute(query)]
+        return await self._all(JobRecord, query)
 
     async def set_job_status(self, job_id: str, status: str) -> None:
         async with self.engine.begin() as conn:
@@ -426,34 +408,25 @@ class SqlStore:
                     select(job_tasks.c.key).where(job_tasks.c.job_id == tasks[0].job_id)
                 )
             }
-            rows = [_job_task_row(t) for t in tasks if t.key not in keys]
+            rows = [_plain_row(t) for t in tasks if t.key not in keys]
             if rows:
                 await conn.execute(insert(job_tasks), rows)
 
     async def job_tasks(self, job_id: str) -> list[JobTask]:
         query = select(job_tasks).where(job_tasks.c.job_id == job_id)
-        async with self.engine.connect() as conn:
-            return [_job_task(row) for row in await conn.execute(query)]
+        return await self._all(JobTask, query)
 
     async def finish_job_task(
         self, job_id: str, key: str, state: TaskState, output: str, attempts: int
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(job_tasks)
-                .where(
-                    job_tasks.c.job_id == job_id,
-                    job_tasks.c.key == key,
-                    job_tasks.c.state == TaskState.PENDING.value,
-                )
-                .values(state=state.value, output=output, attempts=attempts)
-            )
+        where = (job_tasks.c.job_id == job_id, job_tasks.c.key == key)
+        await self._finish_pending(job_tasks, where, state, attempts, output=output)
 
     # verification
 
     async def record_result(self, record: ResultRecord) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(results).values(**vars(record)))
+            await conn.execute(insert(results).values(**_plain_row(record)))
 
     async def set_result_verdict(self, task_id: str, verdict: str) -> None:
         async with self.engine.begin() as conn:
@@ -462,21 +435,17 @@ class SqlStore:
             )
 
     async def get_result(self, task_id: str) -> ResultRecord | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(results).where(results.c.task_id == task_id))).first()
-        return ResultRecord(**row._mapping) if row else None
+        return await self._one(ResultRecord, select(results).where(results.c.task_id == task_id))
 
     async def save_reputation(self, record: ReputationRecord) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
                 reputations.delete().where(reputations.c.miner_id == record.miner_id)
             )
-            await conn.execute(insert(reputations).values(**vars(record)))
+            await conn.execute(insert(reputations).values(**_plain_row(record)))
 
     async def load_reputations(self) -> list[ReputationRecord]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(reputations))
-            return [ReputationRecord(**row._mapping) for row in rows]
+        return await self._all(ReputationRecord, select(reputations))
 
     # api keys
 
@@ -593,6 +562,19 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return [_plain(cls, row) for row in await conn.execute(query)]
 
+    async def _finish_pending(
+        self, table: Table, where: tuple[Any, ...], state: TaskState, attempts: int, **out: str
+    ) -> None:
+        # Only a pending task can finish: a task finished twice (a late
+        # duplicate) keeps its first result, so each one appears once.
+        pending = table.c.state == TaskState.PENDING.value
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(table)
+                .where(*where, pending)
+                .values(state=state.value, attempts=attempts, **out)
+            )
+
     async def _revoke(self, table: Table, row_id: str, at: int) -> bool:
         async with self.engine.begin() as conn:
             result = await conn.execute(
@@ -607,150 +589,40 @@ R = TypeVar("R")
 
 
 def _plain_row(record: Any) -> dict[str, Any]:
-    return {
-        name: list(value) if isinstance(value, tuple) else value
-        for name, value in dataclasses.asdict(record).items()
-    }
+    """A record as its table's row: enums by value, tuples as JSON lists."""
+    return {f.name: _column_value(getattr(record, f.name)) for f in dataclasses.fields(record)}
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _plain(cls: type[R], row: Row[Any]) -> R:
-    """A record whose fields are exactly its table's columns (tuples stored as JSON lists)."""
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    """A record whose fields are its table's columns, each turned back into its
+    field's type where the column cannot hold it (enums, tuples)."""
+    record_type: type = cls  # a class is hashable, whatever its instances are
+    converters, names = _converters(record_type), _field_names(record_type)
     values = {
-        name: tuple(value) if isinstance(value, list) else value
+        name: converters[name](value) if value is not None and name in converters else value
         for name, value in row._mapping.items()
-        if name in fields
+        if name in names
     }
     return cls(**values)
 
 
-def _file_row(record: FileRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "owner": record.owner,
-        "purpose": record.purpose,
-        "filename": record.filename,
-        "bytes": record.bytes,
-        "created_at": record.created_at,
-    }
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
-def _file(row: Row[Any]) -> FileRecord:
-    return FileRecord(
-        id=row.id,
-        owner=row.owner,
-        purpose=row.purpose,
-        filename=row.filename,
-        bytes=row.bytes,
-        created_at=row.created_at,
-    )
-
-
-def _batch_row(batch: BatchRecord) -> dict[str, Any]:
-    return {
-        "id": batch.id,
-        "owner": batch.owner,
-        "input_file_id": batch.input_file_id,
-        "endpoint": batch.endpoint,
-        "completion_window": batch.completion_window,
-        "status": batch.status.value,
-        "created_at": batch.created_at,
-        "expires_at": batch.expires_at,
-        "metadata": batch.metadata,
-        "errors": batch.errors,
-        "output_file_id": batch.output_file_id,
-        "error_file_id": batch.error_file_id,
-        "times": batch.times,
-    }
-
-
-def _batch(row: Row[Any]) -> BatchRecord:
-    return BatchRecord(
-        id=row.id,
-        owner=row.owner,
-        input_file_id=row.input_file_id,
-        endpoint=row.endpoint,
-        completion_window=row.completion_window,
-        status=BatchStatus(row.status),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        metadata=row.metadata,
-        errors=row.errors,
-        output_file_id=row.output_file_id,
-        error_file_id=row.error_file_id,
-        times=dict(row.times or {}),
-    )
-
-
-def _batch_task_row(task: BatchTask) -> dict[str, Any]:
-    return {
-        "batch_id": task.batch_id,
-        "line": task.line,
-        "custom_id": task.custom_id,
-        "body": task.body,
-        "state": task.state.value,
-        "attempts": task.attempts,
-        "result": task.result,
-    }
-
-
-def _batch_task(row: Row[Any]) -> BatchTask:
-    return BatchTask(
-        batch_id=row.batch_id,
-        line=row.line,
-        custom_id=row.custom_id,
-        body=row.body,
-        state=TaskState(row.state),
-        attempts=row.attempts,
-        result=row.result,
-    )
-
-
-def _job_row(job: JobRecord) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "owner": job.owner,
-        "type": job.type,
-        "status": job.status,
-        "created_at": job.created_at,
-        "finished_at": job.finished_at,
-        "params": job.params,
-        "result": job.result,
-        "error": job.error,
-    }
-
-
-def _job(row: Row[Any]) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        owner=row.owner,
-        type=row.type,
-        status=row.status,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-        params=row.params,
-        result=row.result,
-        error=row.error,
-    )
-
-
-def _job_task_row(task: JobTask) -> dict[str, Any]:
-    return {
-        "job_id": task.job_id,
-        "key": task.key,
-        "input": task.input,
-        "state": task.state.value,
-        "attempts": task.attempts,
-        "output": task.output,
-    }
-
-
-def _job_task(row: Row[Any]) -> JobTask:
-    return JobTask(
-        job_id=row.job_id,
-        key=row.key,
-        input=row.input,
-        state=TaskState(row.state),
-        attempts=row.attempts,
-        output=row.output,
-    )
+@functools.cache
+def _converters(cls: type) -> dict[str, Callable[[Any], Any]]:
+    converters: dict[str, Callable[[Any], Any]] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if isinstance(hint, type) and issubclass(hint, Enum):
+            converters[name] = hint
+        elif typing.get_origin(hint) is tuple:
+            converters[name] = tuple
+    return converters
