@@ -216,7 +216,7 @@ def test_a_smollm2_miner_loads_gemma_on_request_and_serves_it(
         net.start_miner(
             "grower",
             *("--model-dir", str(gemma_file.parent)),
-            *("--threads", "1", "--ctx", "512", "--cache-dir", str(CACHE)),
+            *("--threads", "1", "--ctx", "512", "--slots", "1", "--cache-dir", str(CACHE)),
             engine="llamacpp",
         )
         miner = net.wait_miners(1, timeout=240)[0]

@@ -174,17 +174,17 @@ def _placed_models(o: EngineOptions, *, batched: bool) -> MinerModels:
 
     assert o.models is not None and o.cache_dir is not None
     models_dir = o.cache_dir / "models"
+    catalog = Catalog(o.cache_dir / "catalog.json")
     if o.models.strip().lower() == "auto":
         paths = shipped_model_paths(models_dir) + find_gguf_files((models_dir, *o.model_dirs))
-    else:
+        extra: list[Path] = []
+    else:  # a given list is placed; --model-dir files are only offered for loading
         paths = [Path(p.strip()) for p in o.models.split(",") if p.strip()]
-        paths += find_gguf_files(o.model_dirs)
+        extra = find_gguf_files(o.model_dirs)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
-    entries = Catalog(o.cache_dir / "catalog.json").entries(
-        dict.fromkeys(p.resolve() for p in paths)
-    )
+    entries = catalog.entries(dict.fromkeys(p.resolve() for p in paths))
     # Placement sizes the KV cache, so slots are fixed here (default 1), not chosen later.
     slots = o.slots or 1
     limits = PlacementLimits(
@@ -213,7 +213,8 @@ def _placed_models(o: EngineOptions, *, batched: bool) -> MinerModels:
         )
         config = _llama_config(o, model.entry, slots=slots, gpu_layers=model.gpu_layers)
         engines.append(_llama_engine(config, batched=batched))
-    options = tuple(_llama_option(o, e, batched=batched) for e in _unique_names(entries))
+    on_disk = entries + catalog.entries(p for p in extra if p not in {e.path for e in entries})
+    options = tuple(_llama_option(o, e, batched=batched) for e in _unique_names(on_disk))
     return MinerModels(MultiModelEngine(engines), options, placement.ram_budget_bytes)
 
 
