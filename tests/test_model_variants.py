@@ -78,8 +78,12 @@ def two_families(
     with network(workdir) as net:
         net.start_router()
         # 300 MB less 20 %: SmolLM2 Q8_0 fits (~180 MiB with its cache); Gemma (~330 MiB) does not.
+        # --min-speed 1: SmolLM2 Q8_0 is estimated far faster than that, so it still wins.
         net.start_miner(
-            "small", "--models", "auto", "--memory-limit", "300MB", *common, engine="llamacpp"
+            "small",
+            *("--models", "auto", "--memory-limit", "300MB", "--min-speed", "1"),
+            *common,
+            engine="llamacpp",
         )
         models = f"{gemma_file},{default_model_path()}"
         net.start_miner("big", "--models", models, *common, engine="llamacpp")
@@ -110,6 +114,8 @@ def served_by(api: openai.OpenAI, model: str, **extra: object) -> str:
 def test_a_memory_limit_loads_only_what_fits(two_families: Network) -> None:
     offers = {m["name"]: m["models"] for m in two_families.miners()}
     assert offers == {"small": [Q8], "big": [GEMMA, Q4]}
+    log = next(p for p in two_families.procs if p.name == "small").output()
+    assert "--min-speed 1: speeds estimated from" in " ".join(log.split())
     details = next(m for m in two_families.miners() if m["name"] == "small")["model_details"]
     assert details[0]["family"] == FAMILY
     assert 0 < details[0]["memory_bytes"] < 0.8 * 300e6
@@ -210,7 +216,7 @@ def test_a_smollm2_miner_loads_gemma_on_request_and_serves_it(
         net.start_miner(
             "grower",
             *("--model-dir", str(gemma_file.parent)),
-            *("--threads", "1", "--ctx", "512", "--cache-dir", str(CACHE)),
+            *("--threads", "1", "--ctx", "512", "--slots", "1", "--cache-dir", str(CACHE)),
             engine="llamacpp",
         )
         miner = net.wait_miners(1, timeout=240)[0]

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from inferswarm.cli.miner_cmd import EngineKind
+from inferswarm.cli.miner_engines import EngineKind
 from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.settings import RouterSettings
 

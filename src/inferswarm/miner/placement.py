@@ -131,8 +131,8 @@ def _choose_variant(
         if model.estimated_tokens_per_s is None or (
             model.estimated_tokens_per_s >= limits.min_tokens_per_s
         ):
-            slower = [(m.entry, "a more precise variant fits") for m in fitting if m is not model]
-            return _Choice(model, (*rejected, *slower))
+            others = [(m.entry, _why_not(m, model, fitting)) for m in fitting if m is not model]
+            return _Choice(model, (*rejected, *others))
     if not fitting:
         return _Choice(None, tuple(rejected))
     fastest = max(fitting, key=lambda m: m.estimated_tokens_per_s or 0.0)
@@ -157,6 +157,12 @@ def load_refusal(name: str, need_bytes: int, used_bytes: int, budget_bytes: int)
         f"{_mib(budget_bytes)} model memory is free; unload a model first, or restart the "
         "miner with a larger --memory-limit"
     )
+
+
+def _why_not(model: PlacedModel, chosen: PlacedModel, fitting: list[PlacedModel]) -> str:
+    if fitting.index(model) > fitting.index(chosen):
+        return "a more precise variant fits"
+    return f"below the minimum speed (~{model.estimated_tokens_per_s or 0:.1f} tokens/s estimated)"
 
 
 def _ram_for_models(hardware: HardwareProfile, limits: PlacementLimits) -> int:
