@@ -223,11 +223,13 @@ async def test_the_router_offers_a_loaded_variant_only_once_the_miner_is_ready(
     load = asyncio.create_task(registry.request_load(conn.miner_id, B))
     await asyncio.sleep(0)
     assert miner.asked() == [LoadModel(name=B)]
+    assert registry.loading_models() == {B: [conn]}  # asked, not acknowledged yet
     registry.on_message(conn, changed(A, loading=(B,)))
     await asyncio.sleep(0)
     assert not load.done() and registry.offers_for(B) == [] and conn.loading == (B,)
     registry.on_message(conn, changed(A, B))
     assert (await load).name == B
+    assert registry.loading_models() == {}
     assert [c.info.name for c, _ in registry.offers_for(B)] == ["m"]
     assert conn.info.slots == 2 and conn.loading == ()
     events = [(e.kind, e.detail) for e in registry.events.recent()]
