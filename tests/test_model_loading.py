@@ -21,8 +21,8 @@ import pytest
 
 from inferswarm.miner.engines.fake import FakeEngine, FakeEngineConfig, fake_load_option
 from inferswarm.miner.engines.multi import MultiModelEngine
-from inferswarm.miner.loading import LoadRefused, ModelLoader
-from inferswarm.miner.placement import load_refusal
+from inferswarm.miner.loading import LoadOption, LoadRefused, MemoryBudget, ModelLoader
+from inferswarm.miner.placement import LoadPlan, plan_load
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     HardwareProfile,
@@ -70,16 +70,36 @@ def loader(load_s: float = 0.0) -> ModelLoader:
         fake_load_option(fake(B, 200), load_s),
         fake_load_option(fake(HUGE, 1000)),
     ]
-    return ModelLoader(engine, options, budget_bytes=500 * MB)
+    return ModelLoader(engine, options, MemoryBudget(ram_bytes=500 * MB))
 
 
 # The miner side ----------------------------------------------------------------------------
 
 
-def test_a_variant_fits_what_memory_is_left() -> None:
-    assert load_refusal("m", 200, used_bytes=300, budget_bytes=500) is None
-    why = load_refusal("m", 201 * MB, used_bytes=300 * MB, budget_bytes=500 * MB)
-    assert why is not None and "--memory-limit" in why and "m needs ~192 MiB" in why
+def test_a_variant_loaded_on_request_goes_where_memory_is_free() -> None:
+    assert plan_load("m", 200, layers=10, ram_free=300) == LoadPlan(0, 200, 0)
+    assert plan_load("m", 200, layers=10, ram_free=0, vram_free=500) == LoadPlan(10, 0, 200)
+    # 300 of 1,000 bytes fit the GPU: 3 of 10 layers go there, the rest to RAM.
+    assert plan_load("m", 1000, layers=10, ram_free=800, vram_free=300) == LoadPlan(3, 700, 300)
+    why = plan_load("m", 201 * MB, layers=0, ram_free=100 * MB)
+    assert isinstance(why, str) and "m needs ~192 MiB of RAM" in why and "--memory-limit" in why
+
+
+async def test_a_miner_with_a_gpu_loads_onto_it_what_its_free_vram_holds() -> None:
+    layers_asked: list[int] = []
+
+    def build(gpu_layers: int) -> FakeEngine:
+        layers_asked.append(gpu_layers)
+        return FakeEngine(fake(B, 200))
+
+    engine = MultiModelEngine([FakeEngine(fake(A, 100))])
+    option = LoadOption(FakeEngine(fake(B, 200)).offers()[0], build, layers=30)
+    placed = {A: LoadPlan(gpu_layers=30, ram_bytes=0, vram_bytes=100 * MB)}
+    budget = MemoryBudget(ram_bytes=50 * MB, vram_bytes=300 * MB)
+    models = ModelLoader(engine, [option], budget, placed=placed)
+    assert [o.name for o in models.loadable()] == [B]  # 200 MB fit the 200 MB of VRAM left
+    await models.load(B)
+    assert layers_asked == [30] and models.used_vram_bytes() == 300 * MB
 
 
 async def test_a_load_runs_off_the_event_loop_and_is_offered_only_when_ready() -> None:
@@ -110,7 +130,7 @@ async def test_loads_that_cannot_happen_say_why() -> None:
     models = loader()
     with pytest.raises(LoadRefused, match="no file for fake-c"):
         await models.load(ModelName("fake-c"))
-    with pytest.raises(LoadRefused, match="fake-huge needs ~954 MiB"):
+    with pytest.raises(LoadRefused, match="fake-huge needs ~954 MiB of RAM"):
         await models.load(HUGE)
     with pytest.raises(LoadRefused, match="already loaded"):
         await models.load(A)
@@ -123,7 +143,7 @@ async def test_loads_that_cannot_happen_say_why() -> None:
 async def test_a_failing_load_is_reported_and_leaves_nothing_behind() -> None:
     models = loader()
 
-    def broken() -> FakeEngine:
+    def broken(gpu_layers: int) -> FakeEngine:
         raise OSError("disk on fire")
 
     models._options[B] = dataclasses.replace(models._options[B], build=broken)
@@ -223,11 +243,13 @@ async def test_the_router_offers_a_loaded_variant_only_once_the_miner_is_ready(
     load = asyncio.create_task(registry.request_load(conn.miner_id, B))
     await asyncio.sleep(0)
     assert miner.asked() == [LoadModel(name=B)]
+    assert registry.loading_models() == {B: [conn]}  # asked, not acknowledged yet
     registry.on_message(conn, changed(A, loading=(B,)))
     await asyncio.sleep(0)
     assert not load.done() and registry.offers_for(B) == [] and conn.loading == (B,)
     registry.on_message(conn, changed(A, B))
     assert (await load).name == B
+    assert registry.loading_models() == {}
     assert [c.info.name for c, _ in registry.offers_for(B)] == ["m"]
     assert conn.info.slots == 2 and conn.loading == ()
     events = [(e.kind, e.detail) for e in registry.events.recent()]

@@ -348,7 +348,9 @@ async def _serve(
         await measure(part)
     loader = None
     if isinstance(engine, MultiModelEngine):
-        loader = ModelLoader(engine, served.options, served.budget_bytes, prepare=measure)
+        loader = ModelLoader(
+            engine, served.options, served.budget, prepare=measure, placed=served.placed
+        )
         loadable = ", ".join(o.name for o in loader.loadable())
         log.info(
             "the router may ask this miner to load: %s", loadable or "nothing (no memory free)"

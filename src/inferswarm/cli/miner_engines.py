@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,9 +15,10 @@ from typing import TYPE_CHECKING
 from inferswarm.miner.engines.base import Engine
 from inferswarm.miner.engines.multi import MultiModelEngine
 from inferswarm.miner.hardware import probe_hardware
-from inferswarm.miner.loading import LoadOption
+from inferswarm.miner.loading import LoadOption, MemoryBudget
 from inferswarm.miner.models import ModelNotFound
 from inferswarm.miner.placement import (
+    LoadPlan,
     PlacementLimits,
     SpeedReference,
     memory_budget,
@@ -26,7 +26,7 @@ from inferswarm.miner.placement import (
     speed_reference,
 )
 from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish_capability
-from inferswarm.protocol import Capability
+from inferswarm.protocol import Capability, ModelName
 
 if TYPE_CHECKING:
     from inferswarm.miner.catalog import CatalogEntry
@@ -67,8 +67,10 @@ class MinerModels:
 
     engine: Engine
     options: tuple[LoadOption, ...] = ()
-    budget_bytes: int = 0
+    budget: MemoryBudget = dataclasses.field(default_factory=lambda: MemoryBudget(0))
     """Memory the models may use together (the limit less the safety margin)."""
+    placed: dict[ModelName, LoadPlan] = dataclasses.field(default_factory=dict)
+    """Where the models served at start sit, when some are on a GPU."""
 
 
 class EngineKind(StrEnum):
@@ -130,8 +132,7 @@ def _fake_models(o: EngineOptions) -> MinerModels:
         for name, size in o.fake_loadable
     )
     options = (fake_load_option(config), *others)  # the served one too: it may come back
-    budget = memory_budget(probe_hardware(), PlacementLimits(memory_limit_bytes=o.memory_limit))
-    return MinerModels(MultiModelEngine([engine]), options, budget)
+    return MinerModels(MultiModelEngine([engine]), options, _ram_budget(o))
 
 
 def _llama_models(o: EngineOptions, *, batched: bool) -> MinerModels:
@@ -161,8 +162,7 @@ def _llama_models(o: EngineOptions, *, batched: bool) -> MinerModels:
         _llama_option(o, entry, batched=batched, model_name=o.model_name),
         *(_llama_option(o, e, batched=batched) for e in _unique_names(others)),
     )
-    budget = memory_budget(probe_hardware(), PlacementLimits(memory_limit_bytes=o.memory_limit))
-    return MinerModels(MultiModelEngine([engine]), options, budget)
+    return MinerModels(MultiModelEngine([engine]), options, _ram_budget(o))
 
 
 def _placed_models(o: EngineOptions, *, batched: bool) -> MinerModels:
@@ -215,7 +215,16 @@ def _placed_models(o: EngineOptions, *, batched: bool) -> MinerModels:
         engines.append(_llama_engine(config, batched=batched))
     on_disk = entries + catalog.entries(p for p in extra if p not in {e.path for e in entries})
     options = tuple(_llama_option(o, e, batched=batched) for e in _unique_names(on_disk))
-    return MinerModels(MultiModelEngine(engines), options, placement.ram_budget_bytes)
+    budget = MemoryBudget(placement.ram_budget_bytes, placement.vram_budget_bytes)
+    placed = {m.entry.name: m.load_plan() for m in placement.models}
+    return MinerModels(MultiModelEngine(engines), options, budget, placed)
+
+
+def _ram_budget(o: EngineOptions) -> MemoryBudget:
+    """RAM only: a miner that did not place its models keeps loads off its GPUs."""
+    return MemoryBudget(
+        memory_budget(probe_hardware(), PlacementLimits(memory_limit_bytes=o.memory_limit))
+    )
 
 
 def _llama_config(
@@ -253,8 +262,11 @@ def _llama_option(
     from inferswarm.miner.engines.llamacpp import catalog_offer
 
     config = _llama_config(o, entry, slots=o.slots or 1, model_name=model_name)
-    build = functools.partial(_llama_engine, config, batched=batched)
-    return LoadOption(catalog_offer(config), build)
+
+    def build(gpu_layers: int) -> Engine:
+        return _llama_engine(dataclasses.replace(config, gpu_layers=gpu_layers), batched=batched)
+
+    return LoadOption(catalog_offer(config), build, entry.layers)
 
 
 def _unique_names(entries: list[CatalogEntry]) -> list[CatalogEntry]:

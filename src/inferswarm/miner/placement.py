@@ -57,6 +57,10 @@ class PlacedModel:
     gpu_layers: int
     estimated_tokens_per_s: float | None
 
+    def load_plan(self) -> LoadPlan:
+        vram = _gpu_share(self)
+        return LoadPlan(self.gpu_layers, self.memory_bytes - vram, vram)
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -115,7 +119,7 @@ def _choose_variant(
     rejected: list[tuple[CatalogEntry, str]] = []
     for entry in variants:
         need = entry.memory_bytes(limits.context_length, limits.slots)
-        layers = _gpu_layers(entry, need, vram_left)
+        layers = _gpu_layers(entry.layers, need, vram_left)
         in_ram = need - _share(need, layers, entry.layers)
         if in_ram > ram_left:
             rejected.append((entry, f"needs {_mib(in_ram)} of RAM, {_mib(max(0, ram_left))} left"))
@@ -146,16 +150,32 @@ def memory_budget(hardware: HardwareProfile, limits: PlacementLimits) -> int:
     return int(_ram_for_models(hardware, limits) * (1 - limits.margin))
 
 
-def load_refusal(name: str, need_bytes: int, used_bytes: int, budget_bytes: int) -> str | None:
-    """Why ``name``, needing ``need_bytes``, cannot be loaded beside models that
-    use ``used_bytes`` of a ``budget_bytes`` budget; None when it fits."""
-    if used_bytes + need_bytes <= budget_bytes:
-        return None
-    free = max(0, budget_bytes - used_bytes)
+@dataclass(frozen=True)
+class LoadPlan:
+    """Where one served or loading variant's memory is: its layers on the GPUs
+    and the bytes it takes of RAM and of VRAM."""
+
+    gpu_layers: int
+    ram_bytes: int
+    vram_bytes: int = 0
+
+
+def plan_load(
+    name: str, need_bytes: int, layers: int, ram_free: int, vram_free: int = 0
+) -> LoadPlan | str:
+    """Where a variant loaded on request goes: as many of its ``layers`` on the
+    GPUs as their free VRAM holds, the rest in RAM. A string says why it does
+    not fit."""
+    gpu_layers = _gpu_layers(layers, need_bytes, vram_free)
+    vram = _share(need_bytes, gpu_layers, layers)
+    ram = need_bytes - vram
+    if ram <= ram_free:
+        return LoadPlan(gpu_layers, ram, vram)
+    beside = f" beside {_mib(vram)} on the GPU" if vram else ""
     return (
-        f"{name} needs ~{_mib(need_bytes)} and only {_mib(free)} of this miner's "
-        f"{_mib(budget_bytes)} model memory is free; unload a model first, or restart the "
-        "miner with a larger --memory-limit"
+        f"{name} needs ~{_mib(ram)} of RAM{beside} and only {_mib(max(0, ram_free))} of this "
+        "miner's model memory is free; unload a model first, or restart the miner with a "
+        "larger --memory-limit"
     )
 
 
@@ -172,13 +192,13 @@ def _ram_for_models(hardware: HardwareProfile, limits: PlacementLimits) -> int:
     return min(limits.memory_limit_bytes, available)
 
 
-def _gpu_layers(entry: CatalogEntry, need: int, vram_left: int) -> int:
+def _gpu_layers(layers: int, need: int, vram_left: int) -> int:
     """All layers when the variant fits the free VRAM, else the share that does."""
-    if vram_left <= 0 or entry.layers <= 0:
+    if vram_left <= 0 or layers <= 0:
         return 0
     if need <= vram_left:
-        return entry.layers
-    return entry.layers * vram_left // need
+        return layers
+    return layers * vram_left // need
 
 
 def _share(need: int, gpu_layers: int, layers: int) -> int:

@@ -466,6 +466,16 @@ class MinerRegistry:
                     loadable.setdefault(offer.name, []).append(conn)
         return loadable
 
+    def loading_models(self) -> dict[ModelName, list[MinerConnection]]:
+        """Per variant, the miners asked to load it that do not serve it yet
+        (for an autoscaler: capacity on its way)."""
+        loading: dict[ModelName, list[MinerConnection]] = {}
+        for conn in self._miners.values():
+            asked = {w.name for w in conn.model_waits if w.load}
+            for name in dict.fromkeys([*conn.loading, *sorted(asked)]):
+                loading.setdefault(name, []).append(conn)
+        return loading
+
     async def request_load(
         self, miner_id: MinerId, name: ModelName, timeout_s: float = LOAD_TIMEOUT_S
     ) -> ModelOffer:

@@ -150,7 +150,7 @@ def _count_words(task: TaskAssign) -> int:
 def fake_load_option(config: FakeEngineConfig, load_s: float = 0.0) -> LoadOption:
     """A fake model the router may ask a miner to load; loading takes ``load_s``."""
 
-    def build() -> Engine:
+    def build(gpu_layers: int) -> Engine:
         time.sleep(load_s)  # in the loader's worker thread, as a real load blocks
         return FakeEngine(config)
 
