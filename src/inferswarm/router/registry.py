@@ -347,15 +347,11 @@ class MinerRegistry:
         waits instead of being refused."""
         if not self.places_models or resolve_variants(model, self.served_models()).variants:
             return False
-        able = {
-            name
+        able = set(self.loading_models()) | {
+            offer.name
             for conn in self._miners.values()
             if conn.state in (MinerState.LIVE, MinerState.PARKED)
-            for name in (
-                *conn.loading,
-                *(o.name for o in conn.info.loadable),
-                *(o.name for o in conn.info.models),
-            )
+            for offer in (*conn.info.loadable, *conn.info.models)
         }
         return bool(resolve_variants(model, able, min_precision).variants)
 

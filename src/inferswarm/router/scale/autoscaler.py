@@ -300,6 +300,12 @@ class Autoscaler:
             log.exception("placing %s failed; will try again", model)
 
     def _candidates(self) -> list[Candidate]:
+        loading: dict[MinerId, set[str]] = {}
+        for variant, conns in self._registry.loading_models().items():
+            for conn in conns:
+                loading.setdefault(conn.miner_id, set()).add(variant)
+        for miner_id, asked in self._asked.items():  # asked, but the request not sent yet
+            loading.setdefault(MinerId(miner_id), set()).add(asked)
         return [
             Candidate(
                 miner_id=str(conn.miner_id),
@@ -308,16 +314,12 @@ class Autoscaler:
                 busy_slots=len(conn.tasks),
                 tokens_per_s=conn.tokens_per_s or 0.0,
                 serves=tuple(o.name for o in conn.info.models),
-                loading=self._loading(conn),
+                loading=tuple(sorted(loading.get(conn.miner_id, ()))),
                 loadable=tuple(o.name for o in conn.info.loadable),
             )
             for conn in self._registry.connections()
             if conn.state in (MinerState.LIVE, MinerState.PARKED)
         ]
-
-    def _loading(self, conn: MinerConnection) -> tuple[str, ...]:
-        asked = self._asked.get(str(conn.miner_id))
-        return tuple({*conn.loading, *([asked] if asked else [])})
 
     def _ask(self, load: Load) -> None:
         record = PlacementRecord(self.evaluations, self._wall_clock(), load)
