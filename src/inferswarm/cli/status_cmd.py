@@ -153,7 +153,7 @@ def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
             m["id"],
             m["name"],
             m.get("hardware_summary", ""),
-            ", ".join(m["models"]),
+            ", ".join([*m["models"], *(f"{n} (loading)" for n in m.get("loading", ()))]),
             f"T{m.get('tier', 1)}",
             f"{m['busy']}/{m['slots']}",
             f"{speed:.1f}" if speed else "-",

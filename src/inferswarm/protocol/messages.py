@@ -194,6 +194,8 @@ class ModelsChanged(_Message):
     loading: tuple[ModelName, ...] = ()
     loadable: tuple[ModelOffer, ...] = ()
     error: str = ""
+    slots: int | None = Field(default=None, ge=1)
+    """Tasks the miner runs at once with these models; None: unchanged."""
 
 
 class GpuUsage(_Message):

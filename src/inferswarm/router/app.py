@@ -26,6 +26,7 @@ from inferswarm.router.api import (
     dashboard,
     files,
     jobs,
+    miner_models,
     miners,
     models,
     network,
@@ -174,7 +175,8 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     apis = (completions, models, miners, files, batches, jobs, network, autoscale)
     for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
-    app.include_router(admin.router, dependencies=[Depends(require_admin)])
+    for api in (admin.router, miner_models.router):
+        app.include_router(api, dependencies=[Depends(require_admin)])
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static, name="dashboard-static")
 

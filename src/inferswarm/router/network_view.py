@@ -95,6 +95,8 @@ class NetworkView:
         )
 
     def _models(self) -> list[dict[str, Any]]:
+        served = self._registry.served_models()
+        loadable = self._registry.loadable_models()
         return [
             {
                 "id": model,
@@ -102,8 +104,9 @@ class NetworkView:
                 "slots": sum(c.info.slots for c in conns),
                 "busy_slots": sum(len(c.tasks) for c in conns),
                 "tokens_per_s": round(sum(c.tokens_per_s or 0.0 for c in conns), 1),
+                "loadable_on": len(loadable.get(model, ())),
             }
-            for model, conns in sorted(self._registry.served_models().items())
+            for model, conns in sorted(served.items())
         ]
 
     def _miner(self, conn: MinerConnection, now: float) -> dict[str, Any]:
@@ -116,6 +119,8 @@ class NetworkView:
             "banned": self._registry.is_banned(conn.miner_id),
             "engine": info.engine,
             "models": [offer.name for offer in info.models],
+            "loading": list(conn.loading),
+            "loadable": [offer.name for offer in info.loadable],
             "hardware": info.hardware.model_dump(),
             "hardware_summary": info.hardware.summary(),
             "tier": conn.tier,

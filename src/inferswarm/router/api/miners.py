@@ -43,6 +43,8 @@ def describe(conn: MinerConnection, now: float, registry: MinerRegistry) -> dict
         "engine": info.engine,
         "models": [offer.name for offer in info.models],
         "model_details": [offer.model_dump() for offer in info.models],
+        "loading": list(conn.loading),
+        "loadable": [offer.name for offer in info.loadable],
         "slots": info.slots,
         "busy": len(conn.tasks),
         "queued": heartbeat.queued_tasks if heartbeat else 0,
