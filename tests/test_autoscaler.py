@@ -4,14 +4,21 @@ a real registry and metrics, miners as recorded WebSocket senders, a set clock."
 from __future__ import annotations
 
 import sys
+from contextlib import aclosing
 from pathlib import Path
 
+import pytest
+from prometheus_client import generate_latest
+
+from inferswarm.openai_compat.errors import ServiceUnavailable
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     HardwareProfile,
+    LoadModel,
     MinerId,
     ModelName,
     ModelOffer,
+    ModelsChanged,
     Park,
     Register,
     SamplingParams,
@@ -21,6 +28,7 @@ from inferswarm.protocol import (
     parse_router_message,
 )
 from inferswarm.router.admission import WaitQueue
+from inferswarm.router.dispatch import Dispatcher, DispatchLimits, Job
 from inferswarm.router.events import EventKind
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import MinerConnection, MinerRegistry
@@ -28,7 +36,7 @@ from inferswarm.router.scale.autoscaler import Autoscaler, ScaleMetrics
 from inferswarm.router.scale.policy import ScalePolicy
 from inferswarm.router.scale.providers import CommandProvider, Provider, StandbyProvider
 from inferswarm.router.scale.signals import SignalReader
-from inferswarm.router.schedule import MinerState
+from inferswarm.router.schedule import MinerState, Policy
 
 MODEL = ModelName("m")
 
@@ -57,16 +65,27 @@ class Miner:
         messages = [parse_router_message(f) for f in self.frames]
         return [m.parked for m in messages if isinstance(m, Park)]
 
+    def loads(self) -> list[str]:
+        messages = [parse_router_message(f) for f in self.frames]
+        return [m.name for m in messages if isinstance(m, LoadModel)]
 
-def register(name: str, slots: int) -> Register:
+
+def offer(name: str) -> ModelOffer:
+    return ModelOffer(name=ModelName(name), context_length=512)
+
+
+def register(
+    name: str, slots: int, serves: tuple[str, ...] = (MODEL,), loadable: tuple[str, ...] = ()
+) -> Register:
     return Register(
         protocol_version=PROTOCOL_VERSION,
         miner_id=MinerId(f"id-{name}"),
         name=name,
         engine="fake",
         hardware=HardwareProfile(cpu_model="x", cpu_cores=2, ram_bytes=2**30),
-        models=(ModelOffer(name=MODEL, context_length=512),),
+        models=tuple(offer(m) for m in serves),
         slots=slots,
+        loadable=tuple(offer(m) for m in loadable),
     )
 
 
@@ -96,9 +115,16 @@ class World:
         )
         self.miners: dict[str, Miner] = {}
 
-    async def join(self, name: str, slots: int = 1) -> MinerConnection:
+    async def join(
+        self,
+        name: str,
+        slots: int = 1,
+        serves: tuple[str, ...] = (MODEL,),
+        loadable: tuple[str, ...] = (),
+    ) -> MinerConnection:
         miner = self.miners[name] = Miner()
-        return await self.registry.add(register(name, slots), miner.send, miner.close)
+        info = register(name, slots, serves, loadable)
+        return await self.registry.add(info, miner.send, miner.close)
 
     async def tick(self, seconds: float = 2) -> None:
         self.clock.now += seconds
@@ -204,3 +230,91 @@ async def test_the_command_provider_runs_the_operator_command_with_count_and_mod
     await world.scaler.released()
     assert calls.read_text().splitlines()[2] == "m 2 three"
     assert world.states()["three"] == "draining"
+
+
+OTHER = ModelName("other")
+
+
+async def test_a_model_nobody_serves_is_loaded_on_a_parked_miner_that_then_takes_work() -> None:
+    world = World()
+    await world.join("a")
+    b = await world.join("b", loadable=(OTHER,))
+    await world.registry.park(b, 5)
+    assert world.registry.coming(OTHER), "a request for it waits instead of a 404"
+    assert not world.registry.coming("nobody-has-it")
+    world.metrics.running_by_model[OTHER] = 2
+    world.registry.want(OTHER)  # what the dispatcher says when a request starts to wait
+    await settle()
+    assert world.miners["b"].loads() == [OTHER], "placed at once, not at the next evaluation"
+    world.registry.on_message(b, ModelsChanged(models=(offer(MODEL),), loading=(OTHER,)))
+    assert world.registry.coming(OTHER), "still waited for while it loads"
+    await world.tick()
+    await settle()
+    assert world.miners["b"].loads() == [OTHER], "asked once while it loads"
+    world.registry.on_message(b, ModelsChanged(models=(offer(MODEL), offer(OTHER)), slots=2))
+    await world.scaler.loaded()
+    assert b.state is MinerState.LIVE
+    assert world.miners["b"].parks() == [True, False]
+    assert [c.info.name for c in world.registry.served_models()[OTHER]] == ["b"]
+    assert not world.registry.coming(OTHER)
+    placement = world.scaler.placements[-1]
+    assert (placement.load.miner_name, placement.load.variant, placement.outcome) == (
+        "b",
+        OTHER,
+        "loaded",
+    )
+    assert "2 request(s) in flight for other and no miner serves it" in placement.load.reason
+    scale_events = [e for e in world.registry.events.recent() if e.kind is EventKind.SCALE]
+    assert [(e.miner_name, e.detail.split(":")[0]) for e in scale_events] == [
+        ("b", "placing other")
+    ]
+    exposition = generate_latest(world.metrics.registry).decode()
+    assert 'inferswarm_autoscale_placements_total{model="other",outcome="loaded"} 1.0' in exposition
+
+
+async def test_a_failed_load_is_not_asked_of_that_miner_again_for_a_while() -> None:
+    world = World()
+    b = await world.join("b", loadable=(OTHER,))
+    world.metrics.running_by_model[OTHER] = 1
+    await world.tick()
+    await settle()
+    refusal = ModelsChanged(
+        models=(offer(MODEL),), loadable=(offer(OTHER),), error="loading other failed: disk"
+    )
+    world.registry.on_message(b, refusal)
+    await world.scaler.loaded()
+    assert world.scaler.placements[-1].outcome == "failed: loading other failed: disk"
+    for _ in range(3):
+        await world.tick(10)
+        await settle()
+    assert world.miners["b"].loads() == [OTHER]
+    await world.tick(40)
+    await settle()
+    assert world.miners["b"].loads() == [OTHER, OTHER]
+    await world.scaler.close()
+
+
+async def test_the_last_miner_serving_a_model_is_not_drained_for_another() -> None:
+    world = World()
+    await world.join("a")
+    await world.join("b", serves=(MODEL, OTHER))  # newest, so first to go were it not for OTHER
+    for _ in range(8):
+        await world.tick()
+        await settle()
+    assert world.states() == {"a": "parked", "b": "live"}
+
+
+async def test_a_request_waits_for_a_model_on_its_way_and_gives_up_saying_why() -> None:
+    world = World()
+    await world.join("b", loadable=(OTHER,))
+    dispatcher = Dispatcher(
+        world.registry, Policy.LEAST_LOADED, DispatchLimits(), WaitQueue(10, 0.3)
+    )
+    job = Job(model=OTHER, sampling=SamplingParams(max_tokens=4), prompt="hi")
+    with pytest.raises(ServiceUnavailable) as refused:
+        async with aclosing(world.metrics.measured(dispatcher, job)) as events:
+            await anext(events)
+    assert refused.value.code == "model_loading"
+    assert "No miner finished loading a variant of 'other' within 0.3 s" in refused.value.message
+    assert world.miners["b"].loads() == [OTHER], "the wait asked the autoscaler to place it"
+    await world.scaler.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 
 from netutil import Network, free_port
 
@@ -189,3 +190,17 @@ def network_doc(names: list[str]) -> dict[str, object]:
         },
         "totals": {},
     }
+
+
+def test_up_takes_its_router_and_miners_along_when_killed_outright(tmp_path: Path) -> None:
+    proc, _, _ = start_up(tmp_path, "--engine", "fake", "--miners", "1", "--no-auth")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()  # SIGKILL: `up` gets no chance to stop them
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert len(children) == 2, children  # the router and one miner
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, "the router or a miner outlived `inferswarm up`"

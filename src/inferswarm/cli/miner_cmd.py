@@ -15,6 +15,7 @@ import typer
 import uvicorn
 
 from inferswarm.cli.common import setup_logging
+from inferswarm.cli.lifetime import exit_with
 from inferswarm.cli.miner_engines import (
     EngineKind,
     EngineOptions,
@@ -243,12 +244,21 @@ def miner(
             envvar="INFERSWARM_METRICS_HOST",
         ),
     ] = "127.0.0.1",
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop when the process with this id exits (the router's local autoscaler and "
+            "`inferswarm up` set it, so their miners never outlive them).",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
 ) -> None:
     """Run a miner: serve a model to a router over a WebSocket the miner dials (no open port needed)."""
     setup_logging(log_level)
+    if parent_pid is not None:
+        exit_with(parent_pid)
     try:
         limit = parse_size(memory_limit) if memory_limit else None
     except ValueError as exc:

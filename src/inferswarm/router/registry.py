@@ -230,6 +230,9 @@ class MinerRegistry:
         self.bans: dict[MinerId, Ban] = {}
         self.events = EventLog(wall_clock)
         self._ttft_by_tier: dict[int, deque[float]] = {}
+        self.places_models = False
+        """Set when the autoscaler loads models nobody serves onto miners that can."""
+        self._want_listeners: list[Callable[[str], None]] = []
 
     @property
     def migrations(self) -> int:
@@ -328,6 +331,29 @@ class MinerRegistry:
             for offer in conn.info.models
             if offer.name == name
         ]
+
+    def on_want(self, listener: Callable[[str], None]) -> None:
+        """Be told when a request starts waiting for a model that is ``coming``."""
+        self._want_listeners.append(listener)
+
+    def want(self, model: str) -> None:
+        for listener in self._want_listeners:
+            listener(model)
+
+    def coming(self, model: str, min_precision: str | None = None) -> bool:
+        """Whether no live miner serves ``model`` (a family: any variant) but one
+        soon may: while the autoscaler places models, a connected miner is loading
+        a variant of it, can load one, or is parked serving one. A request for it
+        waits instead of being refused."""
+        if not self.places_models or resolve_variants(model, self.served_models()).variants:
+            return False
+        able = set(self.loading_models()) | {
+            offer.name
+            for conn in self._miners.values()
+            if conn.state in (MinerState.LIVE, MinerState.PARKED)
+            for offer in (*conn.info.loadable, *conn.info.models)
+        }
+        return bool(resolve_variants(model, able, min_precision).variants)
 
     async def add(self, info: Register, send: SendFrame, close: CloseConnection) -> MinerConnection:
         """Register a miner; a reconnecting miner replaces its stale connection."""

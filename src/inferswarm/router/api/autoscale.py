@@ -1,4 +1,4 @@
-"""``GET /v1/autoscale``: the autoscaler's settings and its latest decisions."""
+"""``GET /v1/autoscale``: the autoscaler's settings, its latest decisions and placements."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from inferswarm.openai_compat.errors import NotFound
-from inferswarm.router.scale.autoscaler import DECISIONS_KEPT, Autoscaler, DecisionRecord
+from inferswarm.router.scale.autoscaler import (
+    DECISIONS_KEPT,
+    Autoscaler,
+    DecisionRecord,
+    PlacementRecord,
+)
 
 router = APIRouter()
 
@@ -29,6 +34,16 @@ async def autoscale_state(
         "policy": dataclasses.asdict(scaler.policy),
         "evaluations": scaler.evaluations,
         "decisions": [_record(r) for r in list(scaler.decisions)[-limit:]],
+        "placements": [_placement(p) for p in list(scaler.placements)[-limit:]],
+    }
+
+
+def _placement(record: PlacementRecord) -> dict[str, Any]:
+    return {
+        "evaluation": record.evaluation,
+        "at": record.at,
+        **dataclasses.asdict(record.load),
+        "outcome": record.outcome,
     }
 
 
