@@ -126,7 +126,8 @@ def miner(
         typer.Option(
             help="Who runs this miner (a person, company or pool). Declare one name on all your "
             "miners: redundant verification then prefers miners of other operators, so your "
-            "miners never vouch for each other. Undeclared miners count as distinct operators.",
+            "miners never vouch for each other. Undeclared miners count as distinct operators, "
+            "unless they connect from one network (the router's --diversity-prefix).",
             envvar="INFERSWARM_OPERATOR",
         ),
     ] = "",

@@ -23,6 +23,7 @@ from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
 from inferswarm.router.verify.consensus import DEFAULT_SEMANTIC_THRESHOLD, Consensus
+from inferswarm.router.verify.diversity import DEFAULT_PREFIX_V4, DEFAULT_PREFIX_V6
 from inferswarm.router.verify.options import VerifySettings
 
 SCALE_PANEL = "Autoscaling"
@@ -195,6 +196,26 @@ def router(
             envvar="INFERSWARM_REDUNDANCY",
         ),
     ] = 1,
+    diversity_prefix: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            help="Redundant copies count miners connecting from one IPv4 network of this prefix "
+            "length as one operator, whatever they declare (32: one address; 24: its /24). "
+            "Loopback miners never group.",
+            envvar="INFERSWARM_DIVERSITY_PREFIX",
+        ),
+    ] = DEFAULT_PREFIX_V4,
+    diversity_prefix_v6: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=128,
+            help="As --diversity-prefix, for IPv6 (64: one subscriber's network).",
+            envvar="INFERSWARM_DIVERSITY_PREFIX_V6",
+        ),
+    ] = DEFAULT_PREFIX_V6,
     consensus: Annotated[
         Consensus,
         typer.Option(
@@ -371,6 +392,8 @@ def router(
         heartbeat_timeout_s=heartbeat_timeout,
         verify=VerifySettings(
             redundancy=redundancy,
+            diversity_prefix_v4=diversity_prefix,
+            diversity_prefix_v6=diversity_prefix_v6,
             consensus=consensus,
             semantic_threshold=semantic_threshold,
             spot_check_rate=spot_check_rate,

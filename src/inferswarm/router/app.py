@@ -50,7 +50,7 @@ from inferswarm.router.settings import RouterSettings
 from inferswarm.router.usage_limits import UsageLimiter
 from inferswarm.router.verify.consensus import Consensus, Verdict
 from inferswarm.router.verify.reputation import Outcome, Standing
-from inferswarm.router.verify.service import Verifier
+from inferswarm.router.verify.service import Reports, Verifier
 from inferswarm.storage import BlobDir, Store
 from inferswarm.storage.sql import open_store
 
@@ -82,14 +82,15 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         verifier: Verifier = app.state.verifier
         return verifier.checked(job, measured(job))
 
-    def batch_runner_for(options: InferswarmOptions | None) -> Runner:
+    def batch_runner_for(options: InferswarmOptions | None) -> tuple[Runner, Reports]:
         """A batch line runs as a request would: on k miners with consensus
         when it (or the router) asks for redundancy, else spot-checked."""
         verifier: Verifier = app.state.verifier
         k, consensus = verifier.options(
             options.redundancy if options else None, options.consensus if options else None
         )
-        return checked if k <= 1 else verifier.redundant_runner(k, consensus)
+        reports: Reports = {}
+        return (checked if k <= 1 else verifier.redundant_runner(k, consensus, reports)), reports
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -150,6 +151,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.started_at = time.time()
     app.state.draining = False
     app.state.metrics = RouterMetrics(registry, app.state.queue, deps.wall_clock)
+    app.state.verifier = _verifier(app, settings, registry)
     app.state.network = NetworkView(
         registry,
         app.state.metrics,
@@ -157,8 +159,8 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         deps.clock,
         deps.wall_clock,
         settings.policy.value,
+        verification=app.state.verifier.summary,
     )
-    app.state.verifier = _verifier(app, settings, registry)
     tokens = JoinTokens(lambda: None if settings.open_join else app.state.access)
     app.state.autoscaler = build_autoscaler(
         settings, registry, app.state.metrics, deps.clock, deps.wall_clock, tokens

@@ -57,6 +57,7 @@ from inferswarm.router.schedule import (
     choose_miner,
 )
 from inferswarm.router.verify.reputation import Outcome
+from inferswarm.storage import ResultPurpose
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class Job:
     model_hash: str = ""
     """Run only on miners whose model file has this SHA-256 (verification)."""
     min_precision: str | None = None
+    purpose: ResultPurpose = ResultPurpose.REQUEST
+    """Why it runs, kept in the result ledger. Never sent to the miner: one that
+    could tell a check from a request could behave well only when checked."""
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""
@@ -418,7 +422,12 @@ class Dispatcher:
         )
         expected = job.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
         queue = await self._registry.start_task(
-            miner_id, task, expected_tokens=expected, prefix=placement.prefix, session=job.session
+            miner_id,
+            task,
+            expected_tokens=expected,
+            prefix=placement.prefix,
+            session=job.session,
+            purpose=job.purpose,
         )
         produced = False
         finished = False

@@ -38,13 +38,16 @@ class NetworkView:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         policy: str,
+        verification: Callable[[], dict[str, Any]] = dict,
     ) -> None:
+        """``verification`` gives the network-wide verification state."""
         self._registry = registry
         self._metrics = metrics
         self._queue = queue
         self._clock = clock
         self._wall_clock = wall_clock
         self._policy = policy
+        self._verification = verification
         self._started_at = wall_clock()
 
     def snapshot(self, series_s: int = SERIES_SECONDS) -> dict[str, Any]:
@@ -87,6 +90,7 @@ class NetworkView:
                 wall, SUMMARY_SECONDS, TIMELINE_COUNTERS, TIMELINE_LATENCIES
             ),
             "totals": {kind.value: totals[kind] for kind in sorted(totals)},
+            "verification": self._verification(),
         }
 
     def _series(self, seconds: int) -> list[dict[str, float | None]]:

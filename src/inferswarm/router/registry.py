@@ -42,6 +42,7 @@ from inferswarm.router.events import EventKind, EventLog
 from inferswarm.router.schedule import MinerState, MinerView, Snapshot, tier_for
 from inferswarm.router.verify.book import ReputationBook
 from inferswarm.router.verify.reputation import Outcome
+from inferswarm.storage import ResultPurpose
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ MIN_TTFT_SAMPLES = 20
 """TTFTs kept per tier for the hedging delay, and how many it needs."""
 
 CapacityListener = Callable[[int], None]
-ResultListener = Callable[["MinerConnection", TaskDone], None]
+ResultListener = Callable[["MinerConnection", TaskDone, ResultPurpose], None]
 """Told of every result whose signature verified (the ledger writes it)."""
 
 
@@ -115,6 +116,7 @@ class TaskInFlight:
     concurrency: int
     model_hash: str = ""
     """The file hash the miner offered for the task's model when it was assigned."""
+    purpose: ResultPurpose = ResultPurpose.REQUEST
     first_token_at: float | None = None
     tokens: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -140,6 +142,9 @@ class MinerConnection:
     silence_allowed_s: float | None = None
     """Overrides the heartbeat timeout, for a parked miner that beats slowly."""
     tasks: dict[TaskId, TaskInFlight] = field(default_factory=dict)
+    address: str = ""
+    """The IP address the miner connected from (its WebSocket peer); empty when
+    unknown. Redundant runs treat miners of one network as one operator."""
     completed: int = 0
     failed: int = 0
     generated_tokens: int = 0
@@ -355,14 +360,18 @@ class MinerRegistry:
         }
         return bool(resolve_variants(model, able, min_precision).variants)
 
-    async def add(self, info: Register, send: SendFrame, close: CloseConnection) -> MinerConnection:
+    async def add(
+        self, info: Register, send: SendFrame, close: CloseConnection, address: str = ""
+    ) -> MinerConnection:
         """Register a miner; a reconnecting miner replaces its stale connection."""
         stale = self._miners.get(info.miner_id)
         if stale is not None:
             await self.remove(stale, "the miner reconnected on a new connection")
             await stale.close("replaced by a newer connection from the same miner")
         now = self._clock()
-        conn = MinerConnection(info=info, send=send, close=close, connected_at=now, last_seen=now)
+        conn = MinerConnection(
+            info=info, send=send, close=close, connected_at=now, last_seen=now, address=address
+        )
         self._miners[info.miner_id] = conn
         log.info("miner %s (%s) joined with %d slots", info.miner_id, info.name, info.slots)
         models = ", ".join(offer.name for offer in info.models)
@@ -431,7 +440,7 @@ class MinerRegistry:
                     del self.bans[conn.miner_id]  # served well again: the next ban starts short
                 self.book.record(conn.miner_id, Outcome.COMPLETED)
                 for listener in self._result_listeners:
-                    listener(conn, message)
+                    listener(conn, message, task.purpose)
             else:
                 conn.failed += 1
             self._freed(1)
@@ -613,6 +622,7 @@ class MinerRegistry:
         expected_tokens: int,
         prefix: tuple[int, ...] = (),
         session: str | None = None,
+        purpose: ResultPurpose = ResultPurpose.REQUEST,
     ) -> asyncio.Queue[TaskEvent]:
         conn = self._miners[miner_id]
         queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
@@ -622,6 +632,7 @@ class MinerRegistry:
             expected_tokens=expected_tokens,
             concurrency=len(conn.tasks) + 1,
             model_hash=conn.model_hash(task.model),
+            purpose=purpose,
         )
         # A miner that reports its cache keeps its report plus what was sent since.
         reports = conn.heartbeat is not None and conn.heartbeat.prefix_blocks is not None

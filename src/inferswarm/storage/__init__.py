@@ -18,6 +18,7 @@ from inferswarm.storage.records import (
     JoinTokenRecord,
     MinerBanRecord,
     ReputationRecord,
+    ResultPurpose,
     ResultRecord,
     TaskState,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "JoinTokenRecord",
     "MinerBanRecord",
     "ReputationRecord",
+    "ResultPurpose",
     "ResultRecord",
     "Store",
     "TaskState",

@@ -483,6 +483,11 @@ class SqlStore:
     async def get_result(self, task_id: str) -> ResultRecord | None:
         return await self._one(ResultRecord, select(results).where(results.c.task_id == task_id))
 
+    async def count_results(self) -> dict[str, int]:
+        query = select(results.c.purpose, func.count()).group_by(results.c.purpose)
+        async with self.engine.connect() as conn:
+            return {purpose: count for purpose, count in await conn.execute(query)}
+
     async def save_reputation(self, record: ReputationRecord) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(

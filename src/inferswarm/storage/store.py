@@ -93,6 +93,9 @@ class Store(Protocol):
     async def record_result(self, record: ResultRecord) -> None: ...
     async def set_result_verdict(self, task_id: str, verdict: str) -> None: ...
     async def get_result(self, task_id: str) -> ResultRecord | None: ...
+    async def count_results(self) -> dict[str, int]:
+        """How many results the ledger holds, by purpose."""
+
     async def save_reputation(self, record: ReputationRecord) -> None:
         """Insert or replace the miner's row."""
 

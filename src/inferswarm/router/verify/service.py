@@ -14,8 +14,8 @@ import logging
 import random
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,11 +39,11 @@ from inferswarm.router.verify.consensus import (
     decide,
     exact_similarity,
 )
-from inferswarm.router.verify.diversity import Candidate, choose_diverse
+from inferswarm.router.verify.diversity import Candidate, choose_diverse, network_of
 from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, missing_extra
 from inferswarm.router.verify.options import VerifySettings
 from inferswarm.router.verify.reputation import Outcome, check_rate
-from inferswarm.storage import ResultRecord, Store
+from inferswarm.storage import ResultPurpose, ResultRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ class Report:
         return f"{self.verdict.status.value}; consensus={self.consensus.value}; agreed={agreed}/{len(self.miners)}"
 
 
+Reports = dict[int, Report]
+"""Verification reports by the id of the job they verified."""
+
+
+def verification_body(reports: Reports, jobs: Sequence[Job]) -> dict[str, Any]:
+    """The ``inferswarm`` member of a response body (a request's or a batch
+    line's): the report of each verified job, in the order of ``jobs``."""
+    return {"verification": [reports[id(job)].as_dict() for job in jobs if id(job) in reports]}
+
+
 VerdictListener = Callable[[str, Consensus, Verdict], None]
 """Told (purpose, consensus, verdict) of every verification (metrics, events)."""
 
@@ -114,19 +124,28 @@ class Verifier:
         self._store: Store | None = None
         self._runs: OrderedDict[TaskId, Run] = OrderedDict()
         self.canaries = CanaryBook(self._rng)
-        self._canary_tasks: set[TaskId] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[VerdictListener] = []
         # Ledger writes in order (a verdict after its result), by one writer.
         self._ledger: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self.spot_checks = 0
+        self.results_by_purpose: Counter[str] = Counter()
+        """Results in the ledger by purpose: as stored when the router started,
+        plus those recorded since (by this router)."""
         registry.on_result(self._on_result)
 
     def on_verdict(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
 
+    def summary(self) -> dict[str, Any]:
+        """Spot checks run since start and the ledger's results by purpose
+        (``ResultPurpose``), for ``/v1/network``."""
+        by_purpose = {p.value: self.results_by_purpose[p.value] for p in ResultPurpose}
+        return {"spot_checks": self.spot_checks, "results_by_purpose": by_purpose}
+
     async def start(self, store: Store) -> None:
         self._store = store
+        self.results_by_purpose.update(await store.count_results())
         await self._registry.book.attach(store)
         await self.canaries.attach(store, self._ledger.put_nowait)
         self._spawn(self._probation())
@@ -154,7 +173,7 @@ class Verifier:
             finally:
                 self._ledger.task_done()
 
-    def _on_result(self, conn: MinerConnection, done: TaskDone) -> None:
+    def _on_result(self, conn: MinerConnection, done: TaskDone, purpose: ResultPurpose) -> None:
         self._runs[done.task_id] = Run(conn.miner_id, done.task_id, done.model_hash)
         while len(self._runs) > RECENT_RESULTS:
             self._runs.popitem(last=False)
@@ -169,8 +188,9 @@ class Verifier:
             signature=done.signature,
             public_key=conn.info.public_key,
             created_at=int(time.time()),
-            purpose="canary" if done.task_id in self._canary_tasks else "request",
+            purpose=purpose.value,
         )
+        self.results_by_purpose[purpose.value] += 1
         self._ledger.put_nowait(self._store.record_result(record))
 
     def _mark(self, runs: list[Run], verdict: Verdict) -> None:
@@ -219,7 +239,12 @@ class Verifier:
         asked for a verified answer and none could be verified."""
         asked = job
         model_hash = self._pin(job.model, k)
-        job = replace(_verifiable(job, consensus), claimed=set(), model_hash=model_hash)
+        job = replace(
+            _verifiable(job, consensus),
+            claimed=set(),
+            model_hash=model_hash,
+            purpose=ResultPurpose.REDUNDANT,
+        )
         chosen = self._diverse(job, k)
         outputs = await asyncio.gather(*(self._run_on(job, m, chosen) for m in chosen))
         runs = [self._run_of(done) for _, done in outputs]
@@ -259,12 +284,15 @@ class Verifier:
         return best[0]
 
     def redundant_runner(
-        self, k: int, consensus: Consensus
+        self, k: int, consensus: Consensus, reports: Reports | None = None
     ) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
-        """Each job run on k miners, as the events of its consensus answer."""
+        """Each job run on k miners, as the events of its consensus answer;
+        its report goes into ``reports``."""
 
         async def run(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-            text, done, _report = await self.run_redundant(job, k, consensus)
+            text, done, report = await self.run_redundant(job, k, consensus)
+            if reports is not None:
+                reports[id(job)] = report
             if text:
                 yield TaskChunk(task_id=done.task_id, text=text, tokens=done.completion_tokens)
             yield done
@@ -284,7 +312,14 @@ class Verifier:
             and conn.model_hash(job.model) == job.model_hash
         ]
         fitting.sort(key=lambda c: (-book.score(c.miner_id), len(c.tasks), c.miner_id))
-        return choose_diverse([Candidate(c.miner_id, c.info.operator, c.tier) for c in fitting], k)
+        v4, v6 = self.settings.diversity_prefix_v4, self.settings.diversity_prefix_v6
+        return choose_diverse(
+            [
+                Candidate(c.miner_id, c.info.operator, c.tier, network_of(c.address, v4, v6))
+                for c in fitting
+            ],
+            k,
+        )
 
     async def _run_on(
         self, job: Job, miner_id: MinerId, chosen: list[MinerId]
@@ -395,8 +430,9 @@ class Verifier:
         )
         runs, texts, dones = [run], [text], [done]
         try:
-            for _ in range(2):
-                other, other_done = await collect(self._dispatcher.run(check))
+            for purpose in (ResultPurpose.SPOT_CHECK, ResultPurpose.REFEREE):
+                run_as = replace(check, purpose=purpose)
+                other, other_done = await collect(self._dispatcher.run(run_as))
                 runs.append(self._run_of(other_done))
                 texts.append(other)
                 dones.append(other_done)
@@ -453,13 +489,11 @@ class Verifier:
         # (the result reports the file it ran), the client's sampling.
         task = canary.job.assign(TaskId(f"task-{uuid.uuid4().hex}"))
         expected = task.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
-        self._canary_tasks.add(task.task_id)
-        try:
-            events = await self._registry.start_task(conn.miner_id, task, expected_tokens=expected)
-            self.canaries.given(canary, conn.miner_id, task.task_id)
-            await self._judge_canary(conn, canary, task.task_id, events)
-        finally:
-            self._canary_tasks.discard(task.task_id)
+        events = await self._registry.start_task(
+            conn.miner_id, task, expected_tokens=expected, purpose=ResultPurpose.CANARY
+        )
+        self.canaries.given(canary, conn.miner_id, task.task_id)
+        await self._judge_canary(conn, canary, task.task_id, events)
 
     async def _judge_canary(
         self,
