@@ -40,6 +40,22 @@ def assert_rejected(net: Network, miner_id: str, timeout: float = 10) -> None:
         time.sleep(0.1)
 
 
+def ledger_counts(net: Network, timeout: float = 10) -> dict[str, int]:
+    """Results by purpose, once the ledger (written in the background) has
+    what /v1/network counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(net.workdir / "router" / "router.db") as db:
+            rows = db.execute("SELECT purpose, COUNT(*) FROM results GROUP BY purpose")
+            stored = {purpose: count for purpose, count in rows}
+        shown = httpx.get(f"{net.base_url}/v1/network", timeout=10).json()["verification"]
+        counted = {p: n for p, n in shown["results_by_purpose"].items() if n}
+        if counted == stored:
+            return stored
+        assert time.monotonic() < deadline, (counted, stored)
+        time.sleep(0.1)
+
+
 def test_batch_lines_that_fail_their_check_get_the_verified_answer(net: Network) -> None:
     cheat_id = honest_and_cheat(net)
     greedy = {"max_tokens": 5, "temperature": 0}
@@ -59,9 +75,22 @@ def test_batch_lines_that_fail_their_check_get_the_verified_answer(net: Network)
         assert lines_of(client, batch.error_file_id) == []
     assert len(out) == len(lines)
     for line in out:
-        assert line["response"]["body"]["choices"][0]["message"]["content"] == HONEST, line
+        body = line["response"]["body"]
+        assert body["choices"][0]["message"]["content"] == HONEST, line
+        if line["custom_id"].startswith("r"):  # the report a live request gets
+            (report,) = body["inferswarm"]["verification"]
+            assert report["redundancy"] == 3 and report["consensus"] == "exact"
+            assert report["verdict"] in ("agreed", "majority") and len(report["agreed"]) >= 2
+            assert set(report["similarity"]) == {*report["agreed"], *report["disagreed"]}
+        else:
+            assert "inferswarm" not in body
     # The cheat's results are in the ledger, signed and judged: it lost its checks.
     assert_rejected(net, cheat_id)
+    # Every stored result says why it ran; /v1/network counts them.
+    counts = ledger_counts(net)
+    assert counts["request"] >= 16 and counts["spot_check"] >= 16
+    assert counts["redundant"] >= 6  # 2 lines on 3 miners
+    assert counts["referee"] >= 1  # a check the cheat was in disagreed
 
 
 def test_map_reduce_tasks_are_checked_and_never_keep_a_corrupt_output(net: Network) -> None:

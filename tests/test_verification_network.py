@@ -83,6 +83,10 @@ def test_redundancy_3_never_hands_out_the_corrupt_answer(net: Network) -> None:
     # The ledger holds every signed result with its verdict, attributable by key.
     with sqlite3.connect(net.workdir / "router" / "router.db") as db:
         rows = db.execute("SELECT miner_id, verdict, signature, public_key FROM results").fetchall()
+        purposes = set(db.execute("SELECT miner_id, purpose FROM results"))
+    # ... and why each ran: redundant copies, plain requests, the cheat's canaries.
+    assert {p for m, p in purposes if m != cheat_id} == {"redundant", "request"}
+    assert "redundant" in {p for m, p in purposes if m == cheat_id} <= {"redundant", "canary"}
     verdicts = {(miner, verdict) for miner, verdict, _, _ in rows}
     assert (cheat_id, "rejected") in verdicts
     assert {v for m, v in verdicts if m != cheat_id} >= {"agreed"}

@@ -14,6 +14,7 @@ from inferswarm.router.dispatch import Job
 from inferswarm.router.verify.book import ReputationBook
 from inferswarm.router.verify.canaries import CanaryBook
 from inferswarm.router.verify.reputation import Outcome
+from inferswarm.storage import ResultRecord
 from inferswarm.storage.sql import SqlStore, open_store
 
 MODEL = ModelName("m")
@@ -116,3 +117,26 @@ async def test_an_older_database_gains_the_new_columns(tmp_path: Path) -> None:
     (row,) = await store.load_reputations()
     assert (row.quarantined, row.suspicion) == (True, 0.0)
     await store.close()
+
+
+async def test_results_are_counted_by_purpose(tmp_path: Path) -> None:
+    store = await store_at(tmp_path)
+    purposes = ["request", "request", "redundant", "spot_check", "referee", "canary"]
+    for i, purpose in enumerate(purposes):
+        await store.record_result(_result(f"task-{i}", purpose))
+    assert await store.count_results() == Counter(purposes)
+    await store.close()
+
+
+def _result(task_id: str, purpose: str) -> ResultRecord:
+    return ResultRecord(
+        task_id=task_id,
+        miner_id="m",
+        model="m",
+        model_hash="h",
+        output_sha256="0" * 64,
+        signature="0" * 128,
+        public_key="0" * 64,
+        created_at=0,
+        purpose=purpose,
+    )
