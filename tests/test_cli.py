@@ -36,8 +36,15 @@ def test_status_shows_miners_as_a_table_and_as_json(net: Network) -> None:
     net.start_router()
     net.start_miner("pi-board", "--fake-speed", "30", "--slots", "3")
     net.wait_miners(1)
+    served = httpx.post(
+        net.base_url + "/v1/completions",
+        json={"model": "fake-model", "prompt": "hi", "max_tokens": 2},
+        timeout=30,
+    )
+    assert served.status_code == 200, served.text
     table = run_cli("status", "--router", net.base_url)
     assert table.returncode == 0, table.stderr
+    assert re.search(r"ledger:\s+1\s+request", table.stdout), table.stdout
     assert "pi-board" in table.stdout and "fake-model" in table.stdout and "0/3" in table.stdout
     assert "models" in table.stdout and "recent events" in table.stdout
     assert re.search(r"join\s+│\s+pi-board", table.stdout), table.stdout
