@@ -235,7 +235,7 @@ class Autoscaler:
     def _plan(self, model: str, candidates: list[Candidate], now: float) -> _Plan:
         miners = [c for c in self._registry.connections() if serves(c, model)]
         # Miners loading the model count as capacity on its way, like those starting.
-        loading = sum(model in variants for variants in self._loading_by_miner().values())
+        loading = sum(model in c.loading for c in candidates)
         starting = self.provider.starting(model, now) + loading
         signals = self._reader.read(model, miners, starting, self._wall_clock())
         memory = self._memory.get(model, ScaleMemory())
@@ -265,7 +265,7 @@ class Autoscaler:
         by_provider = min(change, room)
         by_loading = min(change - by_provider, loaders)
         if by_provider + by_loading < change:
-            can_load = f" and {loaders} idle miner(s) can load it" if loaders else ""
+            can_load = f" and {loaders} parked or idle miner(s) can load it" if loaders else ""
             reason = (
                 f"{decision.reason}; wants {decision.desired} but {self.provider.name} "
                 f"has room for {room} more{can_load}"
