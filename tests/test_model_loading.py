@@ -356,13 +356,21 @@ def admin(net: Network, miner_id: str, body: dict[str, str]) -> httpx.Response:
     return httpx.post(f"{net.base_url}/v1/admin/miners/{miner_id}/models", json=body, timeout=30)
 
 
-def test_a_fake_miner_loads_and_unloads_through_the_admin_api(fake_network: Network) -> None:
+@pytest.fixture
+def client(fake_network: Network) -> Iterator[openai.OpenAI]:
+    base_url = fake_network.base_url + "/v1"
+    with openai.OpenAI(base_url=base_url, api_key="none", max_retries=0) as api:
+        yield api
+
+
+def test_a_fake_miner_loads_and_unloads_through_the_admin_api(
+    fake_network: Network, client: openai.OpenAI
+) -> None:
     net = fake_network
     miner_id = str(net.miners()[0]["id"])
     listed = httpx.get(net.base_url + "/v1/models").json()
     assert [m["id"] for m in listed["loadable"]] == [B]  # fake-huge does not fit
     assert listed["loadable"][0]["loadable_on"] == 1
-    client = openai.OpenAI(base_url=net.base_url + "/v1", api_key="none", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model=B, prompt="hi", max_tokens=2)
 

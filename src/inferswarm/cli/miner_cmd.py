@@ -36,6 +36,8 @@ from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish
 
 log = logging.getLogger("inferswarm.miner")
 
+MAX_OPERATOR_CHARS = 128
+"""As the protocol's ``Register.operator`` allows."""
 DRAIN_TIMEOUT_S = 30.0
 """On SIGTERM, how long running tasks may take to finish before the miner exits."""
 
@@ -119,6 +121,15 @@ def miner(
             help="Human-readable miner name (default: host name).", envvar="INFERSWARM_MINER_NAME"
         ),
     ] = None,
+    operator: Annotated[
+        str,
+        typer.Option(
+            help="Who runs this miner (a person, company or pool). Declare one name on all your "
+            "miners: redundant verification then prefers miners of other operators, so your "
+            "miners never vouch for each other. Undeclared miners count as distinct operators.",
+            envvar="INFERSWARM_OPERATOR",
+        ),
+    ] = "",
     ctx: Annotated[int, typer.Option(min=64, help="Context window in tokens (llamacpp).")] = 2048,
     threads: Annotated[
         int | None,
@@ -257,6 +268,10 @@ def miner(
 ) -> None:
     """Run a miner: serve a model to a router over a WebSocket the miner dials (no open port needed)."""
     setup_logging(log_level)
+    if len(operator) > MAX_OPERATOR_CHARS:
+        raise typer.BadParameter(
+            f"at most {MAX_OPERATOR_CHARS} characters", param_hint="--operator"
+        )
     if parent_pid is not None:
         exit_with(parent_pid)
     try:
@@ -311,6 +326,7 @@ def miner(
                 join_token,
                 ca_cert,
                 (metrics_host, metrics_port) if metrics_port is not None else None,
+                operator,
             )
         )
     except MinerRefused as exc:
@@ -334,6 +350,7 @@ async def _serve(
     join_token: str | None,
     ca_cert: Path | None,
     metrics_at: tuple[str, int] | None = None,
+    operator: str = "",
 ) -> None:
     served = await build_engine(kind, options)
     engine = served.engine
@@ -365,6 +382,7 @@ async def _serve(
             router_url=router,
             identity=load_or_create_identity(data_dir),
             name=name,
+            operator=operator,
             join_token=join_token,
             ca_cert=ca_cert,
         ),

@@ -136,7 +136,8 @@ def _fake_models(o: EngineOptions) -> MinerModels:
 
 
 def _llama_models(o: EngineOptions, *, batched: bool) -> MinerModels:
-    from inferswarm.miner.catalog import Catalog, find_gguf_files
+    from inferswarm.miner.catalog import Catalog, CatalogError, find_gguf_files
+    from inferswarm.miner.engines.llamacpp import LlamaConfig
     from inferswarm.miner.models import default_model_path
 
     if o.models is not None:
@@ -149,8 +150,13 @@ def _llama_models(o: EngineOptions, *, batched: bool) -> MinerModels:
         raise FileNotFoundError(f"model file {path} does not exist; pass --model PATH.gguf")
     assert o.cache_dir is not None
     catalog = Catalog(o.cache_dir / "catalog.json")
-    entry = catalog.entry(path)
     slots = o.slots or (0 if batched else 1)
+    try:
+        entry = catalog.entry(path)
+    except CatalogError as exc:  # llama.cpp may still read what the gguf package cannot
+        log.warning("%s; serving it without catalog fields (family, memory)", exc)
+        config = LlamaConfig(path, o.ctx, slots, o.threads, model_name=o.model_name)
+        return MinerModels(_llama_engine(config, batched=batched))
     engine = _llama_engine(
         _llama_config(o, entry, slots=slots, model_name=o.model_name), batched=batched
     )

@@ -72,6 +72,8 @@ class AgentSettings:
     router_url: str
     identity: MinerIdentity
     name: str
+    operator: str = ""
+    """Who runs this miner, declared to the router (empty: undeclared)."""
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
     handshake_timeout_s: float = 10.0
@@ -159,6 +161,7 @@ class MinerAgent:
             slots=self._engine_slots(),
             claimed_tokens_per_s=self._engine.claimed_tokens_per_s(),
             software_version=__version__,
+            operator=self._settings.operator,
             loadable=self._models.loadable() if self._models else (),
         )
 

@@ -118,6 +118,9 @@ class Register(_Message):
     loadable: tuple[ModelOffer, ...] = ()
     """Variants the miner has on disk and could load on request (``LoadModel``),
     besides the ``models`` it serves now."""
+    operator: str = Field(default="", max_length=128)
+    """Who runs this miner, as it declares (empty: undeclared). Redundant runs
+    prefer miners of distinct operators; undeclared miners count as distinct."""
 
 
 class Challenge(_Message):

@@ -142,6 +142,35 @@ class ReputationRecord:
     canary_passes: int
     passes: int
     fails: int
+    suspicion: float = 0.0
+
+
+@dataclass(frozen=True)
+class CanaryRecord:
+    """A task whose answer verification established, kept to test quarantined
+    miners. ``request`` is the task as the miner saw it (model, prompt or
+    messages, sampling), as JSON; ``sources`` the miners whose agreeing results
+    made the answer, who must never get it as a canary (they could remember it)."""
+
+    id: str
+    model: str
+    model_hash: str
+    request: str
+    answer: str
+    sources: tuple[str, ...]
+    created_at: int
+
+
+@dataclass(frozen=True)
+class CanaryRun:
+    """One canary given to one miner, and whether its answer matched."""
+
+    task_id: str
+    canary_id: str
+    miner_id: str
+    at: int
+    passed: bool | None = None
+    """None until the miner answered (or while it never did)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from inferswarm.storage.records import (
     BatchRecord,
     BatchStatus,
     BatchTask,
+    CanaryRecord,
+    CanaryRun,
     FileRecord,
     JobRecord,
     JobTask,
@@ -95,6 +97,18 @@ class Store(Protocol):
         """Insert or replace the miner's row."""
 
     async def load_reputations(self) -> list[ReputationRecord]: ...
+    async def add_canary(self, canary: CanaryRecord, keep: int) -> None:
+        """Add a canary; keep only the newest ``keep`` of its model file."""
+
+    async def canaries(self) -> list[CanaryRecord]:
+        """Every canary, oldest first."""
+
+    async def record_canary_run(self, run: CanaryRun) -> None:
+        """Insert or replace (by task id) one canary given to a miner."""
+
+    async def canary_runs(self, miner_id: str) -> list[CanaryRun]:
+        """The canaries given to a miner, oldest first."""
+
     # api keys
     async def add_api_key(self, record: ApiKeyRecord) -> None: ...
     async def api_key_by_digest(self, digest: str) -> ApiKeyRecord | None: ...

@@ -29,12 +29,15 @@ def describe(conn: MinerConnection, now: float, registry: MinerRegistry) -> dict
     return {
         "id": info.miner_id,
         "name": info.name,
+        "operator": info.operator or None,
         "state": registry.state_of(conn).value,
         "reputation": round(book.score(conn.miner_id), 4),
         "verification": {
             "passed": standing.passes,
             "failed": standing.fails,
             "canary_passes": standing.canary_passes,
+            "suspicion": round(standing.suspicion, 3),
+            "suspect": book.is_suspect(conn.miner_id),
         },
         "public_key": info.public_key,
         "engine": info.engine,
