@@ -320,7 +320,7 @@ class Autoscaler:
             release = asyncio.create_task(self._release_when_idle(model, conns))
             self._releases.add(release)
             release.add_done_callback(self._releases.discard)
-        return {model: _removed(model, removals) for model in excess}
+        return {model: _removed(model, count, removals) for model, count in excess.items()}
 
     async def _release_when_idle(self, model: str, conns: list[MinerConnection]) -> None:
         deadline = self._clock() + self._drain_timeout_s
@@ -468,8 +468,10 @@ class Autoscaler:
         log.info("%s unloaded %s", removal.miner_name, removal.model)
 
 
-def _removed(model: str, removals: list[Removal]) -> str:
+def _removed(model: str, excess: int, removals: list[Removal]) -> str:
     """What a scale-down of ``model`` did, for its decision record."""
+    if excess == 0:
+        return "keeping its only live miner (the others counted are still starting or loading)"
     mine = [r for r in removals if r.model == model]
     drained = [r.miner_name for r in mine if r.way is Way.DRAIN]
     unloaded = [r.miner_name for r in mine if r.way is Way.UNLOAD]
