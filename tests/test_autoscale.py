@@ -280,6 +280,41 @@ def test_a_request_for_a_model_nobody_serves_waits_while_a_standby_miner_loads_i
         assert "not served by any live miner" in str(exc)
 
 
+def test_standby_loads_a_hot_model_onto_a_second_miner_and_unloads_it_when_it_cools(
+    net: Network,
+) -> None:
+    net.start_router(
+        *("--autoscale", "standby", "--min-miners", "1", "--max-miners", "2"),
+        *("--scale-interval", "0.5", "--scale-down-delay", "1", "--standby-heartbeat", "2"),
+        *("--target-utilization", "1"),
+    )
+    loadable = ("--slots", "1", "--fake-loadable", "fake-a=10MB", "--fake-load-s", "0.3")
+    net.start_miner("s1", "--model-name", "fake-b", *loadable)
+    net.start_miner("s2", "--model-name", "fake-c", *loadable)
+    net.wait_miners(2)
+
+    def serving(model: str) -> list[str]:
+        return sorted(str(m["name"]) for m in net.miners() if model in m["models"])  # type: ignore[operator]
+
+    load = Load(net, model="fake-a")
+    with load.running(clients=3):  # nobody serves fake-a: one miner loads it, then the other
+        wait_for("both miners serving fake-a", lambda: serving("fake-a") == ["s1", "s2"], 20, net)
+    # Cold again: each miner is the only one serving its own model, so neither is
+    # drained; one unloads fake-a.
+    wait_for("fake-a on one miner", lambda: len(serving("fake-a")) == 1, 20, net)
+    assert load.failures == [], load.failures
+    assert (serving("fake-b"), serving("fake-c")) == (["s1"], ["s2"])
+    assert sorted(str(m["state"]) for m in net.miners()) == ["live", "live"]
+    state = autoscale(net)
+    reasons = [p["reason"] for p in state["placements"] if p["outcome"] == "loaded"]
+    assert len(reasons) == 2, state["placements"]
+    assert "no miner serves it" in reasons[0]
+    assert "scaling wants 1 more miner(s) for fake-a" in reasons[1]
+    assert [(u["model"], u["way"], u["outcome"]) for u in state["unloads"]] == [
+        ("fake-a", "unload", "unloaded")
+    ]
+
+
 def run_router(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     command = [sys.executable, "-m", "inferswarm", "router", "--no-auth", *args]

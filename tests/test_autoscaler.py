@@ -25,6 +25,7 @@ from inferswarm.protocol import (
     TaskAssign,
     TaskDone,
     TaskId,
+    UnloadModel,
     parse_router_message,
 )
 from inferswarm.router.admission import WaitQueue
@@ -32,9 +33,10 @@ from inferswarm.router.dispatch import Dispatcher, DispatchLimits, Job
 from inferswarm.router.events import EventKind
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import MinerConnection, MinerRegistry
-from inferswarm.router.scale.autoscaler import Autoscaler, ScaleMetrics
+from inferswarm.router.scale.autoscaler import Autoscaler, DecisionRecord, ScaleMetrics
 from inferswarm.router.scale.policy import ScalePolicy
 from inferswarm.router.scale.providers import CommandProvider, Provider, StandbyProvider
+from inferswarm.router.scale.removal import Way
 from inferswarm.router.scale.signals import SignalReader
 from inferswarm.router.schedule import MinerState, Policy
 
@@ -68,6 +70,10 @@ class Miner:
     def loads(self) -> list[str]:
         messages = [parse_router_message(f) for f in self.frames]
         return [m.name for m in messages if isinstance(m, LoadModel)]
+
+    def unloads(self) -> list[str]:
+        messages = [parse_router_message(f) for f in self.frames]
+        return [m.name for m in messages if isinstance(m, UnloadModel)]
 
 
 def offer(name: str) -> ModelOffer:
@@ -126,9 +132,9 @@ class World:
         info = register(name, slots, serves, loadable)
         return await self.registry.add(info, miner.send, miner.close)
 
-    async def tick(self, seconds: float = 2) -> None:
+    async def tick(self, seconds: float = 2) -> list[DecisionRecord]:
         self.clock.now += seconds
-        await self.scaler.evaluate()
+        return await self.scaler.evaluate()
 
     def states(self) -> dict[str, str]:
         return {c.info.name: c.state.value for c in self.registry.connections()}
@@ -318,3 +324,77 @@ async def test_a_request_waits_for_a_model_on_its_way_and_gives_up_saying_why() 
     assert "No miner finished loading a variant of 'other' within 0.3 s" in refused.value.message
     assert world.miners["b"].loads() == [OTHER], "the wait asked the autoscaler to place it"
     await world.scaler.close()
+
+
+async def test_more_miners_for_a_served_model_come_from_loading_it_on_standby_miners() -> None:
+    world = World()
+    await world.join("a")  # serves m: the only one
+    b = await world.join("b", serves=(OTHER,), loadable=(MODEL,))
+    world.clock.now += 1
+    c = await world.join("c", serves=(OTHER,), loadable=(MODEL,))
+    await world.registry.park(c, 5)
+    world.metrics.running_by_model[MODEL] = 3  # 3 in flight, 1 slot live
+    records = await world.tick()
+    await settle()
+    up = next(r for r in records if r.decision.model == MODEL)
+    assert (up.decision.current, up.decision.desired) == (1, 3)
+    assert up.action == "c loads m; b loads m", "no parked miner serves m: both load it"
+    assert world.miners["c"].loads() == [MODEL] and world.miners["b"].loads() == [MODEL]
+    assert "scaling wants 2 more miner(s) for m" in world.scaler.placements[-1].load.reason
+    # While they load they count as capacity on its way: nothing more is asked.
+    loading = ModelsChanged(models=(offer(OTHER),), loading=(MODEL,))
+    for conn in (b, c):
+        world.registry.on_message(conn, loading)
+    records = await world.tick()
+    await settle()
+    held = next(r for r in records if r.decision.model == MODEL)
+    assert (held.decision.current, held.decision.desired) == (3, 3)
+    assert world.miners["b"].loads() == [MODEL]
+    for conn in (b, c):
+        world.registry.on_message(conn, ModelsChanged(models=(offer(OTHER), offer(MODEL))))
+    await world.scaler.loaded()
+    assert c.state is MinerState.LIVE, "the parked miner was activated once it served m"
+    assert len(world.registry.served_models()[MODEL]) == 3
+    exposition = generate_latest(world.metrics.registry).decode()
+    assert 'inferswarm_autoscale_placements_total{model="m",outcome="loaded"} 2.0' in exposition
+    await world.scaler.close()
+
+
+async def test_scale_down_keeps_a_miner_a_busy_model_needs_and_unloads_the_cold_one() -> None:
+    world = World()
+    await world.join("a", slots=2)  # m only; the oldest
+    world.clock.now += 1
+    b = await world.join("b", slots=2, serves=(MODEL, OTHER))
+    world.clock.now += 1
+    c = await world.join("c", slots=2, serves=(MODEL, OTHER))  # the newest and idlest
+    world.metrics.running_by_model[OTHER] = 2  # other wants its two miners; m wants one
+    await world.tick()
+    await world.scaler.released()
+    # Drained (idle, so parked at once), though b and c are newer: they serve other too.
+    assert world.states() == {"a": "parked", "b": "live", "c": "live"}
+    drain = next(e for e in world.registry.events.recent() if e.kind is EventKind.DRAINING)
+    assert drain.detail.endswith("a: it serves nothing else")
+    records: list[DecisionRecord] = []
+    for _ in range(6):  # the cooldown, then m goes from 2 miners to 1
+        records += await world.tick()
+        await settle()
+    down = [r for r in records if r.decision.model == MODEL and r.decision.direction == "down"]
+    assert [r.action for r in down] == ["unloading it from c (still needed for other models)"]
+    assert world.states() == {"a": "parked", "b": "live", "c": "live"}, "no miner drained"
+    assert world.miners["c"].unloads() == [MODEL]
+    assert [o.name for o in c.info.models] == [OTHER], "no new m tasks go to c"
+    world.registry.on_message(c, ModelsChanged(models=(offer(OTHER),)))
+    await world.scaler.loaded()
+    unload = world.scaler.unloads[-1]
+    assert (unload.removal.miner_name, unload.removal.way, unload.outcome) == (
+        "c",
+        Way.UNLOAD,
+        "unloaded",
+    )
+    assert [c.info.name for c in world.registry.served_models()[MODEL]] == ["b"]
+    assert [x.info.name for x in world.registry.served_models()[OTHER]] == ["b", "c"]
+    assert b.state is MinerState.LIVE
+    exposition = generate_latest(world.metrics.registry).decode()
+    assert 'inferswarm_autoscale_unloads_total{model="m",outcome="unloaded"} 1.0' in exposition
+    scale_events = [e.detail for e in world.registry.events.recent() if e.kind is EventKind.SCALE]
+    assert any(d.startswith("unloading m: c: still needed for other") for d in scale_events)

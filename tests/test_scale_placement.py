@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inferswarm.router.scale.placement import Candidate, Load, place
+from inferswarm.router.scale.placement import Candidate, Load, place, spare_loaders
 
 A = "fam-a:q4_0"
 
@@ -80,3 +80,35 @@ def test_a_failed_pair_is_avoided_and_demand_nobody_can_load_says_so() -> None:
     loads, unplaced = place({"nowhere": 1}, miners)
     assert loads == []
     assert "no connected miner serves nowhere or can load it" in unplaced[0].reason
+
+
+def test_more_miners_for_a_served_model_load_it_on_parked_and_idle_miners_only() -> None:
+    miners = [
+        miner("server", serves=(A,), loadable=()),
+        miner("busy", busy_slots=1, loadable=(A,)),
+        miner("idle", loadable=(A,), tokens_per_s=10),
+        miner("parked", parked=True, loadable=(A,)),
+        miner("loader", loading=("fam-b:q4_0",), loadable=(A,)),
+        miner("failed", loadable=(A,)),
+    ]
+    avoid = {("id-failed", A)}
+    assert spare_loaders(A, miners, avoid) == 2
+    loads, unplaced = place({A: 4}, miners, avoid, more={A: 2})
+    assert [(load.miner_name, load.variant) for load in loads] == [("parked", A), ("idle", A)]
+    assert unplaced == []
+    assert "scaling wants 2 more miner(s) for fam-a:q4_0" in loads[0].reason
+    loads, unplaced = place({}, miners, avoid, more={A: 3})
+    assert len(loads) == 2
+    assert [u.model for u in unplaced] == [A]
+    assert "2 parked or idle miner(s) can load it now" in unplaced[0].reason
+
+
+def test_a_model_nobody_serves_is_placed_before_more_miners_for_a_served_one() -> None:
+    b = "fam-b:q4_0"
+    miners = [miner("server", serves=(A,)), miner("spare", parked=True, loadable=(A, b))]
+    loads, unplaced = place({b: 1}, miners, more={A: 1})
+    assert [(load.model, load.miner_name) for load in loads] == [(b, "spare")]
+    assert [u.model for u in unplaced] == [A], "one load at a time per miner"
+    # A model the autoscaler scales that nobody serves yet gets one load, not two.
+    loads, _ = place({b: 1}, [*miners, miner("idle", loadable=(b,))], more={b: 1})
+    assert [load.model for load in loads] == [b]

@@ -1,4 +1,5 @@
-"""``GET /v1/autoscale``: the autoscaler's settings, its latest decisions and placements."""
+"""``GET /v1/autoscale``: the autoscaler's settings, its latest decisions, the
+loads it asked of miners (placements) and the models it unloaded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from inferswarm.router.scale.autoscaler import (
     Autoscaler,
     DecisionRecord,
     PlacementRecord,
+    UnloadRecord,
 )
 
 router = APIRouter()
@@ -35,6 +37,16 @@ async def autoscale_state(
         "evaluations": scaler.evaluations,
         "decisions": [_record(r) for r in list(scaler.decisions)[-limit:]],
         "placements": [_placement(p) for p in list(scaler.placements)[-limit:]],
+        "unloads": [_unload(u) for u in list(scaler.unloads)[-limit:]],
+    }
+
+
+def _unload(record: UnloadRecord) -> dict[str, Any]:
+    return {
+        "evaluation": record.evaluation,
+        "at": record.at,
+        **dataclasses.asdict(record.removal),
+        "outcome": record.outcome,
     }
 
 

@@ -1,11 +1,13 @@
-"""The autoscaler loop: every few seconds, read the signals of each model,
-decide, and have the provider carry the decision out; then place models
-that requests wait for and no miner serves onto miners that can load them.
+"""The autoscaler loop: every few seconds, read the signals of each model and
+decide; have the provider add miners, and where it has no more to give, load
+the model onto parked or idle miners that can (``placement.place``, which
+also places models that requests wait for and no miner serves).
 
 Scale-down always drains first: the chosen miners are given no new tasks
 here, in the router, and only released (stopped, parked) once the tasks
-they had are done, so no request is lost. A miner that is the last live one
-serving some other model is not drained for this one.
+they had are done, so no request is lost. Which miners leave looks at every
+model they serve (``removal.plan_removals``): a miner another model still
+needs is not drained but unloads the cold model only.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from inferswarm.protocol import MinerId, ModelName
 from inferswarm.router.events import EventKind
 from inferswarm.router.registry import MinerConnection, MinerRegistry, ModelChangeError
-from inferswarm.router.scale.placement import Candidate, Load, place
+from inferswarm.router.scale.placement import Candidate, Load, place, spare_loaders
 from inferswarm.router.scale.policy import (
     Decision,
     Direction,
@@ -32,6 +34,7 @@ from inferswarm.router.scale.policy import (
     decide,
 )
 from inferswarm.router.scale.providers import Provider, serves
+from inferswarm.router.scale.removal import Removal, Server, Way, plan_removals
 from inferswarm.router.scale.signals import SignalReader
 from inferswarm.router.schedule import MinerState
 
@@ -64,6 +67,27 @@ class PlacementRecord:
     """asked, then loaded, or failed with why."""
 
 
+@dataclass(slots=True)
+class UnloadRecord:
+    evaluation: int
+    at: float
+    removal: Removal
+    outcome: str = "asked"
+    """asked, then unloaded, or failed with why."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One model's decision this round, and how a scale-up is to be carried out."""
+
+    decision: Decision
+    signals: ModelSignals
+    by_provider: int = 0
+    """Miners asked of the provider."""
+    by_loading: int = 0
+    """Miners to load the model onto, for what the provider cannot give."""
+
+
 class ScaleMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.desired = Gauge(
@@ -86,8 +110,15 @@ class ScaleMetrics:
         )
         self.placements = Counter(
             "inferswarm_autoscale_placements",
-            "Loads of a model nobody served onto a standby miner, by outcome: asked, loaded "
-            "or failed.",
+            "Loads of a model onto a standby or idle miner (nobody served it, or scaling "
+            "wanted more miners than its provider gives), by outcome: asked, loaded or failed.",
+            ("model", "outcome"),
+            registry=registry,
+        )
+        self.unloads = Counter(
+            "inferswarm_autoscale_unloads",
+            "Models unloaded from a miner another model still needs, instead of draining it, "
+            "by outcome: asked, unloaded or failed.",
             ("model", "outcome"),
             registry=registry,
         )
@@ -127,11 +158,14 @@ class Autoscaler:
         """Miner id -> the variant it was asked to load, until it answers."""
         self._failed_loads: dict[tuple[str, str], float] = {}
         """(miner id, variant) -> when its load failed."""
+        self._failed_unloads: dict[tuple[str, str], float] = {}
+        """(miner id, model) -> when its unload failed."""
         self._unplaced: dict[str, str] = {}
         """Why demand for a model has no miner, as last logged."""
         self.evaluations = 0
         self.decisions: deque[DecisionRecord] = deque(maxlen=DECISIONS_KEPT)
         self.placements: deque[PlacementRecord] = deque(maxlen=DECISIONS_KEPT)
+        self.unloads: deque[UnloadRecord] = deque(maxlen=DECISIONS_KEPT)
         registry.places_models = True
         # A request waiting for a model nobody serves gets it placed now, not next round.
         registry.on_want(self._wanted)
@@ -151,7 +185,7 @@ class Autoscaler:
         await asyncio.gather(*self._releases)
 
     async def loaded(self) -> None:
-        """Wait until the loads asked for have been answered."""
+        """Wait until the loads and unloads asked for have been answered."""
         await asyncio.gather(*self._loads)
 
     async def close(self) -> None:
@@ -169,24 +203,45 @@ class Autoscaler:
         return served | self.provider.models()
 
     async def evaluate(self) -> list[DecisionRecord]:
-        """One round over every model; what was decided."""
+        """One round over every model: decide each, grow through the provider,
+        load onto spare miners what it cannot give, then scale down; what was
+        decided."""
         self.evaluations += 1
         models = self.models()
         if not models:  # nothing joined yet, or the first miners died: start them again
             await self.provider.start(self.policy.min_miners)
-        records = [await self._evaluate(model) for model in sorted(models)]
-        self.place_models()
-        return records
-
-    async def _evaluate(self, model: str) -> DecisionRecord:
         now = self._clock()
+        self._forget_failures(now)
+        candidates = self._candidates()
+        plans = [self._plan(model, candidates, now) for model in sorted(models)]
+        actions: dict[str, list[str]] = {p.decision.model: [] for p in plans}
+        for plan in plans:
+            if plan.by_provider:
+                model = plan.decision.model
+                actions[model].append(await self.provider.grow(model, plan.by_provider, now))
+        more = {p.decision.model: p.by_loading for p in plans if p.by_loading}
+        for load in self.place_models(more):
+            if load.model in more:
+                actions[load.model].append(f"{load.miner_name} loads {load.variant}")
+        for model in more.keys() & self._unplaced.keys():
+            actions[model].append(self._unplaced[model])
+        for model, action in self._scale_down(plans).items():
+            actions[model].append(action)
+        return [
+            self._record(p.decision, p.signals, "; ".join(filter(None, actions[p.decision.model])))
+            for p in plans
+        ]
+
+    def _plan(self, model: str, candidates: list[Candidate], now: float) -> _Plan:
         miners = [c for c in self._registry.connections() if serves(c, model)]
-        starting = self.provider.starting(model, now)
+        # Miners loading the model count as capacity on its way, like those starting.
+        loading = sum(model in c.loading for c in candidates)
+        starting = self.provider.starting(model, now) + loading
         signals = self._reader.read(model, miners, starting, self._wall_clock())
         memory = self._memory.get(model, ScaleMemory())
         decision, memory = decide(self.policy, signals, memory, now)
-        decision = self._within_headroom(decision)
-        if decision.direction is not Direction.HOLD:
+        plan = self._within_reach(decision, signals, candidates)
+        if plan.decision.direction is not Direction.HOLD:
             self._memory[model] = memory
         else:
             # A hold remembers what was wanted, but not a change that did not happen.
@@ -195,57 +250,77 @@ class Autoscaler:
                 memory.last_slo_step_at,
                 memory.wanted,
             )
-        action = await self._carry_out(decision, miners, now)
-        return self._record(decision, signals, action)
+        return plan
 
-    def _within_headroom(self, decision: Decision) -> Decision:
-        if decision.direction is not Direction.UP:
-            return decision
-        room = self.provider.headroom(decision.model)
-        if room is None or decision.desired - decision.current <= room:
-            return decision
-        desired = decision.current + room
-        reason = (
-            f"{decision.reason}; wants {decision.desired} but {self.provider.name} "
-            f"has room for {room} more"
-        )
-        return Decision(decision.model, decision.current, desired, reason)
-
-    async def _carry_out(
-        self, decision: Decision, miners: list[MinerConnection], now: float
-    ) -> str:
+    def _within_reach(
+        self, decision: Decision, signals: ModelSignals, candidates: list[Candidate]
+    ) -> _Plan:
+        """Split a scale-up between the provider and loads onto spare miners,
+        lowering the count wanted to what the two can give."""
         change = decision.desired - decision.current
-        if change > 0:
-            return await self.provider.grow(decision.model, change, now)
-        if change < 0:
-            return self._drain(decision, miners, -change)
-        return ""
+        room = self.provider.headroom(decision.model)
+        if change <= 0 or room is None:
+            return _Plan(decision, signals, by_provider=max(change, 0))
+        loaders = spare_loaders(decision.model, candidates, self._failed_loads.keys())
+        by_provider = min(change, room)
+        by_loading = min(change - by_provider, loaders)
+        if by_provider + by_loading < change:
+            can_load = f" and {loaders} parked or idle miner(s) can load it" if loaders else ""
+            reason = (
+                f"{decision.reason}; wants {decision.desired} but {self.provider.name} "
+                f"has room for {room} more{can_load}"
+            )
+            desired = decision.current + by_provider + by_loading
+            decision = Decision(decision.model, decision.current, desired, reason)
+        return _Plan(decision, signals, by_provider, by_loading)
 
-    def _drain(self, decision: Decision, miners: list[MinerConnection], count: int) -> str:
-        candidates = [
-            c
-            for c in miners
-            if c.state is MinerState.LIVE
-            and self.provider.owns(c)
-            and not self._last_server(c, decision.model)
-        ]
-        # The least busy first; among equals the newest, so long-lived miners stay.
-        candidates.sort(key=lambda c: (len(c.tasks), -c.connected_at))
-        chosen = candidates[:count]
-        for conn in chosen:
-            self._registry.drain(conn, f"autoscaler: {decision.reason}")
-        release = asyncio.create_task(self._release_when_idle(decision.model, chosen))
-        self._releases.add(release)
-        release.add_done_callback(self._releases.discard)
-        names = ", ".join(c.info.name for c in chosen) or "none of ours"
-        return f"draining {names}"
-
-    def _last_server(self, conn: MinerConnection, model: str) -> bool:
-        """Whether ``conn`` is the only live miner serving a model besides ``model``."""
+    def _scale_down(self, plans: list[_Plan]) -> dict[str, str]:
+        """Carry out every scale-down of this round together (``removal.plan_removals``:
+        a miner leaves only if all the models it serves can spare it); what was
+        done per model."""
         served = self._registry.served_models()
-        return any(
-            offer.name != model and served.get(offer.name) == [conn] for offer in conn.info.models
-        )
+        excess = {
+            p.decision.model: max(
+                0,
+                min(
+                    p.decision.current - p.decision.desired,
+                    len(served.get(ModelName(p.decision.model), [])) - 1,
+                ),
+            )
+            for p in plans
+            if p.decision.direction is Direction.DOWN
+        }
+        if not excess:
+            return {}
+        servers = [
+            Server(
+                miner_id=str(c.miner_id),
+                name=c.info.name,
+                serves=tuple(o.name for o in c.info.models),
+                busy_slots=len(c.tasks),
+                connected_at=c.connected_at,
+            )
+            for c in self._registry.connections()
+            if c.state is MinerState.LIVE and self.provider.owns(c)
+        ]
+        removals = plan_removals(excess, servers, self._failed_unloads.keys())
+        reasons = {p.decision.model: p.decision.reason for p in plans}
+        drained: dict[str, list[MinerConnection]] = {}
+        for removal in removals:
+            conn = self._registry.get(MinerId(removal.miner_id))
+            if conn is None:
+                continue
+            if removal.way is Way.DRAIN:
+                detail = f"autoscaler: {reasons[removal.model]}; {removal.reason}"
+                self._registry.drain(conn, detail)
+                drained.setdefault(removal.model, []).append(conn)
+            else:
+                self._unload(removal)
+        for model, conns in drained.items():
+            release = asyncio.create_task(self._release_when_idle(model, conns))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+        return {model: _removed(model, count, removals) for model, count in excess.items()}
 
     async def _release_when_idle(self, model: str, conns: list[MinerConnection]) -> None:
         deadline = self._clock() + self._drain_timeout_s
@@ -276,15 +351,13 @@ class Autoscaler:
         self._registry.events.record(EventKind.SCALE, "", "autoscaler", f"{summary}; {action}")
         return record
 
-    def place_models(self) -> list[Load]:
+    def place_models(self, more: Mapping[str, int] | None = None) -> list[Load]:
         """Ask standby miners to load the models requests wait for and nobody
-        serves (``placement.place``); the loads go on in the background."""
-        now = self._clock()
-        self._failed_loads = {
-            pair: at for pair, at in self._failed_loads.items() if now - at < LOAD_RETRY_AFTER_S
-        }
+        serves, and ``more`` miners for served models the provider cannot grow
+        (``placement.place``); the loads go on in the background."""
+        self._forget_failures(self._clock())
         demand = {m: n for m, n in self._reader.metrics.running_by_model.items() if n > 0}
-        loads, unplaced = place(demand, self._candidates(), self._failed_loads.keys())
+        loads, unplaced = place(demand, self._candidates(), self._failed_loads.keys(), more)
         for load in loads:
             self._ask(load)
         for left in unplaced:
@@ -299,13 +372,26 @@ class Autoscaler:
         except Exception:  # the request waits all the same; the next round tries again
             log.exception("placing %s failed; will try again", model)
 
-    def _candidates(self) -> list[Candidate]:
+    def _forget_failures(self, now: float) -> None:
+        self._failed_loads = {
+            pair: at for pair, at in self._failed_loads.items() if now - at < LOAD_RETRY_AFTER_S
+        }
+        self._failed_unloads = {
+            pair: at for pair, at in self._failed_unloads.items() if now - at < LOAD_RETRY_AFTER_S
+        }
+
+    def _loading_by_miner(self) -> dict[MinerId, set[str]]:
+        """The variants each miner is loading, or has been asked to load."""
         loading: dict[MinerId, set[str]] = {}
         for variant, conns in self._registry.loading_models().items():
             for conn in conns:
                 loading.setdefault(conn.miner_id, set()).add(variant)
         for miner_id, asked in self._asked.items():  # asked, but the request not sent yet
             loading.setdefault(MinerId(miner_id), set()).add(asked)
+        return loading
+
+    def _candidates(self) -> list[Candidate]:
+        loading = self._loading_by_miner()
         return [
             Candidate(
                 miner_id=str(conn.miner_id),
@@ -351,3 +437,47 @@ class Autoscaler:
         record.outcome = "loaded"
         self._metrics.placements.labels(load.model, "loaded").inc()
         log.info("%s loaded %s and serves it now", load.miner_name, load.variant)
+
+    def _unload(self, removal: Removal) -> None:
+        record = UnloadRecord(self.evaluations, self._wall_clock(), removal)
+        self.unloads.append(record)
+        self._metrics.unloads.labels(removal.model, "asked").inc()
+        log.info("autoscaler unloads %s from %s", removal.model, removal.reason)
+        detail = f"unloading {removal.model}: {removal.reason}"
+        self._registry.events.record(EventKind.SCALE, removal.miner_id, removal.miner_name, detail)
+        task = asyncio.create_task(self._do_unload(record))
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+
+    async def _do_unload(self, record: UnloadRecord) -> None:
+        removal = record.removal
+        try:
+            # The router sends it no new tasks for the model from now; the miner frees
+            # the model once the tasks it runs have finished.
+            await self._registry.request_unload(MinerId(removal.miner_id), ModelName(removal.model))
+        except ModelChangeError as exc:
+            self._failed_unloads[(removal.miner_id, removal.model)] = self._clock()
+            record.outcome = f"failed: {exc.message}"
+            self._metrics.unloads.labels(removal.model, "failed").inc()
+            log.warning(
+                "%s could not unload %s: %s", removal.miner_name, removal.model, exc.message
+            )
+            return
+        record.outcome = "unloaded"
+        self._metrics.unloads.labels(removal.model, "unloaded").inc()
+        log.info("%s unloaded %s", removal.miner_name, removal.model)
+
+
+def _removed(model: str, excess: int, removals: list[Removal]) -> str:
+    """What a scale-down of ``model`` did, for its decision record."""
+    if excess == 0:
+        return "keeping its only live miner (the others counted are still starting or loading)"
+    mine = [r for r in removals if r.model == model]
+    drained = [r.miner_name for r in mine if r.way is Way.DRAIN]
+    unloaded = [r.miner_name for r in mine if r.way is Way.UNLOAD]
+    done = []
+    if drained:
+        done.append(f"draining {', '.join(drained)}")
+    if unloaded:
+        done.append(f"unloading it from {', '.join(unloaded)} (still needed for other models)")
+    return "; ".join(done) or "none of ours can go (each serves a model that still needs it)"
