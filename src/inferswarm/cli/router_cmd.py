@@ -23,7 +23,6 @@ from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
 from inferswarm.router.verify.consensus import DEFAULT_SEMANTIC_THRESHOLD, Consensus
-from inferswarm.router.verify.diversity import DEFAULT_PREFIX_V4, DEFAULT_PREFIX_V6
 from inferswarm.router.verify.options import VerifySettings
 
 SCALE_PANEL = "Autoscaling"
@@ -206,7 +205,7 @@ def router(
             "Loopback miners never group.",
             envvar="INFERSWARM_DIVERSITY_PREFIX",
         ),
-    ] = DEFAULT_PREFIX_V4,
+    ] = VerifySettings.diversity_prefix_v4,
     diversity_prefix_v6: Annotated[
         int,
         typer.Option(
@@ -215,7 +214,7 @@ def router(
             help="As --diversity-prefix, for IPv6 (64: one subscriber's network).",
             envvar="INFERSWARM_DIVERSITY_PREFIX_V6",
         ),
-    ] = DEFAULT_PREFIX_V6,
+    ] = VerifySettings.diversity_prefix_v6,
     consensus: Annotated[
         Consensus,
         typer.Option(

@@ -98,6 +98,9 @@ class Job:
     session: str | None = None
     policy: Policy | None = None
     hedge: bool = False
+    purpose: ResultPurpose = ResultPurpose.REQUEST
+    """Why it runs, kept in the result ledger. Never sent to the miner: one that
+    could tell a check from a request could behave well only when checked."""
     avoid: frozenset[MinerId] = frozenset()
     """Miners this job must not run on (a spot check avoids the miner it checks)."""
     claimed: set[MinerId] | None = None
@@ -106,9 +109,6 @@ class Job:
     model_hash: str = ""
     """Run only on miners whose model file has this SHA-256 (verification)."""
     min_precision: str | None = None
-    purpose: ResultPurpose = ResultPurpose.REQUEST
-    """Why it runs, kept in the result ledger. Never sent to the miner: one that
-    could tell a check from a request could behave well only when checked."""
 
     def prompt_text(self) -> str:
         """The prompt as the model will roughly see it, for estimates and prefix hashing."""

@@ -137,14 +137,14 @@ class MinerConnection:
     connected_at: float
     last_seen: float
     state: MinerState = MinerState.LIVE
+    address: str = ""
+    """The IP address the miner connected from (its WebSocket peer); empty when
+    unknown. Redundant runs treat miners of one network as one operator."""
     heartbeat: Heartbeat | None = None
     last_heartbeat_at: float | None = None
     silence_allowed_s: float | None = None
     """Overrides the heartbeat timeout, for a parked miner that beats slowly."""
     tasks: dict[TaskId, TaskInFlight] = field(default_factory=dict)
-    address: str = ""
-    """The IP address the miner connected from (its WebSocket peer); empty when
-    unknown. Redundant runs treat miners of one network as one operator."""
     completed: int = 0
     failed: int = 0
     generated_tokens: int = 0

@@ -123,15 +123,15 @@ class Verifier:
         self._rng = rng or random.Random()
         self._store: Store | None = None
         self._runs: OrderedDict[TaskId, Run] = OrderedDict()
+        self.results_by_purpose: Counter[str] = Counter()
+        """Results in the ledger by purpose: as stored when the router started,
+        plus those recorded since (by this router)."""
         self.canaries = CanaryBook(self._rng)
         self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[VerdictListener] = []
         # Ledger writes in order (a verdict after its result), by one writer.
         self._ledger: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self.spot_checks = 0
-        self.results_by_purpose: Counter[str] = Counter()
-        """Results in the ledger by purpose: as stored when the router started,
-        plus those recorded since (by this router)."""
         registry.on_result(self._on_result)
 
     def on_verdict(self, listener: VerdictListener) -> None:
