@@ -398,3 +398,16 @@ async def test_scale_down_keeps_a_miner_a_busy_model_needs_and_unloads_the_cold_
     assert 'inferswarm_autoscale_unloads_total{model="m",outcome="unloaded"} 1.0' in exposition
     scale_events = [e.detail for e in world.registry.events.recent() if e.kind is EventKind.SCALE]
     assert any(d.startswith("unloading m: c: still needed for other") for d in scale_events)
+
+
+def test_requests_that_name_a_family_count_for_its_served_variants() -> None:
+    world = World()
+    reader = SignalReader(world.metrics)
+    world.metrics.running_by_model["fam"] = 4
+    world.metrics.running_by_model["fam:q8_0"] = 1
+    now = world.clock.now
+    alone = reader.read("fam:q8_0", [], 0, now)
+    shared = reader.read("fam:q8_0", [], 0, now, family_share=0.5)
+    assert (alone.waiting, alone.demand) == (5, 5)
+    assert (shared.waiting, shared.demand) == (3, 3)
+    assert reader.read("other:q8_0", [], 0, now).demand == 0  # another family's requests

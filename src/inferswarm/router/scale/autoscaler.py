@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from inferswarm.protocol import MinerId, ModelName
+from inferswarm.protocol import MinerId, ModelName, split_model_name
 from inferswarm.router.events import EventKind
 from inferswarm.router.registry import MinerConnection, MinerRegistry, ModelChangeError
 from inferswarm.router.scale.placement import Candidate, Load, place, spare_loaders
@@ -237,7 +237,8 @@ class Autoscaler:
         # Miners loading the model count as capacity on its way, like those starting.
         loading = sum(model in c.loading for c in candidates)
         starting = self.provider.starting(model, now) + loading
-        signals = self._reader.read(model, miners, starting, self._wall_clock())
+        share = 1 / max(1, len(variants_served(self._registry, model)))
+        signals = self._reader.read(model, miners, starting, self._wall_clock(), share)
         memory = self._memory.get(model, ScaleMemory())
         decision, memory = decide(self.policy, signals, memory, now)
         plan = self._within_reach(decision, signals, candidates)
@@ -481,3 +482,9 @@ def _removed(model: str, excess: int, removals: list[Removal]) -> str:
     if unloaded:
         done.append(f"unloading it from {', '.join(unloaded)} (still needed for other models)")
     return "; ".join(done) or "none of ours can go (each serves a model that still needs it)"
+
+
+def variants_served(registry: MinerRegistry, model: str) -> set[ModelName]:
+    """The variants of ``model``'s family that live miners serve now."""
+    family = split_model_name(model).family
+    return {n for n in registry.served_models() if split_model_name(n).family == family}
