@@ -14,19 +14,15 @@ from inferswarm.openai_compat.errors import ServiceUnavailable
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     HardwareProfile,
-    LoadModel,
     MinerId,
     ModelName,
     ModelOffer,
     ModelsChanged,
-    Park,
     Register,
     SamplingParams,
     TaskAssign,
     TaskDone,
     TaskId,
-    UnloadModel,
-    parse_router_message,
 )
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.dispatch import Dispatcher, DispatchLimits, Job
@@ -39,6 +35,7 @@ from inferswarm.router.scale.providers import CommandProvider, Provider, Standby
 from inferswarm.router.scale.removal import Way
 from inferswarm.router.scale.signals import SignalReader
 from inferswarm.router.schedule import MinerState, Policy
+from recorded import RecordedMiner
 
 MODEL = ModelName("m")
 
@@ -49,31 +46,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Miner:
-    """What the router sent one miner."""
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-
-    async def send(self, frame: str) -> None:
-        self.frames.append(frame)
-
-    async def close(self, reason: str) -> None:
-        return None
-
-    def parks(self) -> list[bool]:
-        messages = [parse_router_message(f) for f in self.frames]
-        return [m.parked for m in messages if isinstance(m, Park)]
-
-    def loads(self) -> list[str]:
-        messages = [parse_router_message(f) for f in self.frames]
-        return [m.name for m in messages if isinstance(m, LoadModel)]
-
-    def unloads(self) -> list[str]:
-        messages = [parse_router_message(f) for f in self.frames]
-        return [m.name for m in messages if isinstance(m, UnloadModel)]
 
 
 def offer(name: str) -> ModelOffer:
@@ -119,7 +91,7 @@ class World:
             clock=self.clock,
             wall_clock=self.clock,
         )
-        self.miners: dict[str, Miner] = {}
+        self.miners: dict[str, RecordedMiner] = {}
 
     async def join(
         self,
@@ -128,7 +100,7 @@ class World:
         serves: tuple[str, ...] = (MODEL,),
         loadable: tuple[str, ...] = (),
     ) -> MinerConnection:
-        miner = self.miners[name] = Miner()
+        miner = self.miners[name] = RecordedMiner()
         info = register(name, slots, serves, loadable)
         return await self.registry.add(info, miner.send, miner.close)
 

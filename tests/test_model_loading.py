@@ -37,11 +37,11 @@ from inferswarm.protocol import (
     TaskDone,
     TaskId,
     UnloadModel,
-    parse_router_message,
 )
 from inferswarm.router.events import EventKind
 from inferswarm.router.registry import MinerConnection, MinerRegistry, ModelChangeError
 from netutil import Network, network
+from recorded import RecordedMiner
 
 A, B, HUGE = ModelName("fake-a"), ModelName("fake-b"), ModelName("fake-huge")
 MB = 10**6
@@ -184,31 +184,14 @@ async def test_an_unload_refuses_new_tasks_and_frees_the_model_after_its_running
 # The router side ---------------------------------------------------------------------------
 
 
-class Miner:
-    """A miner connection that records what the router sent it."""
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-
-    async def send(self, frame: str) -> None:
-        self.frames.append(frame)
-
-    async def close(self, reason: str) -> None:
-        return None
-
-    def asked(self) -> list[LoadModel | UnloadModel]:
-        messages = [parse_router_message(f) for f in self.frames]
-        return [m for m in messages if isinstance(m, LoadModel | UnloadModel)]
-
-
 def offer(name: str) -> ModelOffer:
     return ModelOffer(name=ModelName(name), context_length=512, memory_bytes=100 * MB)
 
 
 @pytest.fixture
-async def joined() -> AsyncIterator[tuple[MinerRegistry, MinerConnection, Miner]]:
+async def joined() -> AsyncIterator[tuple[MinerRegistry, MinerConnection, RecordedMiner]]:
     registry = MinerRegistry(time.monotonic, heartbeat_timeout_s=5)
-    miner = Miner()
+    miner = RecordedMiner()
     info = Register(
         protocol_version=PROTOCOL_VERSION,
         miner_id=MinerId("id-m"),
@@ -236,7 +219,7 @@ def changed(
 
 
 async def test_the_router_offers_a_loaded_variant_only_once_the_miner_is_ready(
-    joined: tuple[MinerRegistry, MinerConnection, Miner],
+    joined: tuple[MinerRegistry, MinerConnection, RecordedMiner],
 ) -> None:
     registry, conn, miner = joined
     assert list(registry.loadable_models()) == [B]
@@ -260,7 +243,7 @@ async def test_the_router_offers_a_loaded_variant_only_once_the_miner_is_ready(
 
 
 async def test_loads_the_router_cannot_ask_for_fail_with_a_reason(
-    joined: tuple[MinerRegistry, MinerConnection, Miner],
+    joined: tuple[MinerRegistry, MinerConnection, RecordedMiner],
 ) -> None:
     registry, conn, miner = joined
     with pytest.raises(ModelChangeError, match="no miner 'nobody'") as unknown:
@@ -276,7 +259,7 @@ async def test_loads_the_router_cannot_ask_for_fail_with_a_reason(
 
 
 async def test_an_error_from_the_miner_fails_the_load_and_a_lost_miner_fails_the_wait(
-    joined: tuple[MinerRegistry, MinerConnection, Miner],
+    joined: tuple[MinerRegistry, MinerConnection, RecordedMiner],
 ) -> None:
     registry, conn, _ = joined
     load = asyncio.create_task(registry.request_load(conn.miner_id, B))
@@ -296,7 +279,7 @@ async def test_an_error_from_the_miner_fails_the_load_and_a_lost_miner_fails_the
 
 
 async def test_an_unload_stops_routing_at_once(
-    joined: tuple[MinerRegistry, MinerConnection, Miner],
+    joined: tuple[MinerRegistry, MinerConnection, RecordedMiner],
 ) -> None:
     registry, conn, miner = joined
     registry.on_message(conn, changed(A, B))
