@@ -10,10 +10,18 @@ the share of each cheater kind's outputs that each strategy detects, and its
 false-verdict rate on honest outputs; for the teacher-forced check
 (bench/teacher_rates.py, the router's real ``teacher.judge`` on real scores)
 also its cost: CPU seconds of one scoring prefill over those of generating the
-same answer. ``--assume`` skips the measurements and uses the defaults below.
+same answer. ``--assume`` skips the measurements and uses the defaults below;
+``--rates-from FILE`` reuses the rates a previous run measured (its JSON).
 ASSUMED: honest miners time out on 2 % and error on 1 % of tasks; a
 fabricate-logprobs miner's clients all ask for logprobs (otherwise it has
 nothing to fabricate).
+
+A miner with a failed check not yet outweighed (``suspicion`` above zero) is
+checked at ``suspect_check_rate`` (the router raises its spot-check rate and
+sends it canaries when idle); those extra checks are exact whatever the
+strategy. ``honest FP @1% FV`` adds a false verdict on 1 % of an honest
+miner's checks (a checker's bad day, numeric differences between builds): the
+policy must not quarantine it for that.
 
 Strategies:
 - ``spot-exact``: a share p of finished tasks is re-run on a checker; on
@@ -32,10 +40,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -48,6 +57,7 @@ from inferswarm.router.verify.reputation import (
     Outcome,
     ReputationPolicy,
     Standing,
+    check_rate,
     record,
 )
 from report import write_results
@@ -68,6 +78,7 @@ TEACHER_FALSE_VERDICT = 0.0
 TEACHER_COST = 0.5
 """Assumed without measurement: one prefill costs half a generation."""
 HONEST_TIMEOUTS, HONEST_ERRORS = 0.02, 0.01
+INJECTED_FALSE_VERDICTS = 0.01
 TASK_LIMIT = 5000
 POLICY = ReputationPolicy()
 
@@ -89,6 +100,10 @@ class Strategy:
 
     def false_verdict(self) -> float:
         return self.false_verdict_rate
+
+    def injected(self, rate: float) -> Strategy:
+        """The same strategy with ``rate`` more false verdicts."""
+        return replace(self, false_verdict_rate=self.false_verdict_rate + rate)
 
 
 def strategies(rates: dict[str, object]) -> tuple[Strategy, ...]:
@@ -134,8 +149,19 @@ def _consensus_outcome(
     return (Outcome.FAIL if failed else Outcome.PASS), runs
 
 
+def check_of(
+    standing: Standing, p: float, strategy: Strategy, spot: Strategy, rng: random.Random
+) -> Strategy | None:
+    """The check this task gets, if any: the strategy's at rate p, an exact
+    one (spot check or canary) for the rest of a suspect's higher rate."""
+    rate = check_rate(standing, p, POLICY)
+    if rng.random() >= rate:
+        return None
+    return strategy if rng.random() < p / rate else spot
+
+
 def until_quarantine(
-    kind: str, share: float, p: float, strategy: Strategy, rng: random.Random
+    kind: str, share: float, p: float, strategy: Strategy, spot: Strategy, rng: random.Random
 ) -> tuple[int | None, int, float]:
     """Tasks until quarantine (None: not within TASK_LIMIT), tasks, extra runs."""
     standing, extra = Standing(), 0.0
@@ -143,9 +169,10 @@ def until_quarantine(
         now = float(task)
         cheated = rng.random() < share
         standing = record(standing, Outcome.COMPLETED, now, POLICY)
-        if rng.random() < p:
-            wrong = cheated and rng.random() < strategy.detects(kind)
-            outcome, runs = checked_outcome(wrong, rng, strategy)
+        check = check_of(standing, p, strategy, spot, rng)
+        if check is not None:
+            wrong = cheated and rng.random() < check.detects(kind)
+            outcome, runs = checked_outcome(wrong, rng, check)
             extra += runs
             standing = record(standing, outcome, now, POLICY)
         if standing.quarantined:
@@ -153,7 +180,9 @@ def until_quarantine(
     return None, TASK_LIMIT, extra
 
 
-def honest(p: float, strategy: Strategy, rng: random.Random, tasks: int) -> tuple[bool, float]:
+def honest(
+    p: float, strategy: Strategy, spot: Strategy, rng: random.Random, tasks: int
+) -> tuple[bool, float]:
     standing, extra = Standing(), 0.0
     for task in range(1, tasks + 1):
         now = float(task)
@@ -164,8 +193,9 @@ def honest(p: float, strategy: Strategy, rng: random.Random, tasks: int) -> tupl
             standing = record(standing, Outcome.ERROR, now, POLICY)
         else:
             standing = record(standing, Outcome.COMPLETED, now, POLICY)
-            if rng.random() < p:
-                outcome, runs = checked_outcome(False, rng, strategy)
+            check = check_of(standing, p, strategy, spot, rng)
+            if check is not None:
+                outcome, runs = checked_outcome(False, rng, check)
                 extra += runs
                 standing = record(standing, outcome, now, POLICY)
         if standing.quarantined:
@@ -173,13 +203,30 @@ def honest(p: float, strategy: Strategy, rng: random.Random, tasks: int) -> tupl
     return False, extra
 
 
+def _overhead(outcomes: list[tuple[bool, float]], tasks: int) -> float:
+    """Extra runs for verification as a share of all runs (honest miners)."""
+    extra = sum(e for _, e in outcomes)
+    return round(extra / (extra + len(outcomes) * tasks), 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--honest-tasks", type=int, default=1000)
+    parser.add_argument(
+        "--honest-trials",
+        type=int,
+        default=1000,
+        help="honest miners simulated with injected false verdicts, per row",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--assume", action="store_true", help="skip the llama.cpp measurement; use the defaults"
+    )
+    parser.add_argument(
+        "--rates-from",
+        type=Path,
+        help="reuse the rates measured by an earlier run (its JSON) instead of measuring",
     )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "verification.json"
@@ -187,7 +234,10 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     rates: dict[str, object] = {}
-    if not args.assume:
+    if args.rates_from is not None:
+        rates = json.loads(args.rates_from.read_text())["settings"]["measured_rates"]
+        Console().print(f"rates measured earlier ({args.rates_from}): {rates}")
+    elif not args.assume:
         from teacher_rates import measure as measure_teacher
         from verification_rates import measure
 
@@ -201,21 +251,47 @@ def main() -> None:
         rates["teacher_spread"] = teacher["spread"]
         Console().print(f"measured teacher-forced rates: {teacher}")
     rows = []
-    for strategy in strategies(rates):
+    chosen = strategies(rates)
+    spot = chosen[0]
+    for strategy in chosen:
         for p in RATES:
             row: dict[str, object] = {"strategy": strategy.name, "p": p}
             for label, (kind, share) in CHEATERS.items():
-                runs = [until_quarantine(kind, share, p, strategy, rng) for _ in range(args.trials)]
+                runs = [
+                    until_quarantine(kind, share, p, strategy, spot, rng)
+                    for _ in range(args.trials)
+                ]
                 caught = [r[0] for r in runs if r[0] is not None]
                 row[label] = round(statistics.mean(caught), 1) if caught else None
                 row[f"{label} caught"] = len(caught) / len(runs)
-            outcomes = [honest(p, strategy, rng, args.honest_tasks) for _ in range(args.trials)]
+            outcomes = [
+                honest(p, strategy, spot, rng, args.honest_tasks) for _ in range(args.trials)
+            ]
             row["honest FP"] = sum(q for q, _ in outcomes) / len(outcomes)
-            extra = sum(e for _, e in outcomes)
-            row["overhead"] = round(extra / (extra + args.trials * args.honest_tasks), 4)
+            unlucky = [
+                honest(
+                    p,
+                    strategy.injected(INJECTED_FALSE_VERDICTS),
+                    spot.injected(INJECTED_FALSE_VERDICTS),
+                    rng,
+                    args.honest_tasks,
+                )
+                for _ in range(args.honest_trials)
+            ]
+            row["honest FP @1% FV"] = sum(q for q, _ in unlucky) / len(unlucky)
+            row["overhead"] = _overhead(outcomes, args.honest_tasks)
+            row["overhead @1% FV"] = _overhead(unlucky, args.honest_tasks)
             rows.append(row)
     table = Table(title="Verification (simulated over the real verdict + reputation logic)")
-    columns = ["strategy", "p", *CHEATERS, "honest FP", "overhead"]
+    columns = [
+        "strategy",
+        "p",
+        *CHEATERS,
+        "honest FP",
+        "honest FP @1% FV",
+        "overhead",
+        "overhead @1% FV",
+    ]
     for column in columns:
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for row in rows:
@@ -225,8 +301,10 @@ def main() -> None:
             if column in CHEATERS:
                 caught = row[f"{column} caught"]
                 cells.append("never" if value is None else f"{value} ({caught:.0%})")
-            elif column == "overhead":
+            elif column.startswith("overhead"):
                 cells.append(f"{value:.1%}")
+            elif column.startswith("honest FP"):
+                cells.append(f"{value:.2%}")
             else:
                 cells.append(str(value))
         table.add_row(*cells)
@@ -234,6 +312,8 @@ def main() -> None:
     settings = {
         "trials": args.trials,
         "honest_tasks": args.honest_tasks,
+        "honest_trials_with_false_verdicts": args.honest_trials,
+        "injected_false_verdict_rate": INJECTED_FALSE_VERDICTS,
         "task_limit": TASK_LIMIT,
         "measured_rates": rates or "not measured (--assume)",
         "assumed_if_not_measured": {

@@ -43,7 +43,8 @@ def events(net: Network) -> list[dict[str, Any]]:
 class Load:
     """``clients`` threads sending chat completions back to back until stopped."""
 
-    def __init__(self, net: Network) -> None:
+    def __init__(self, net: Network, model: str = MODEL) -> None:
+        self._model = model
         self._client = openai.OpenAI(
             base_url=net.base_url + "/v1", api_key="none", max_retries=0, timeout=60
         )
@@ -55,7 +56,9 @@ class Load:
     def one(self) -> None:
         try:
             answer = self._client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hello there"}], max_tokens=25
+                model=self._model,
+                messages=[{"role": "user", "content": "hello there"}],
+                max_tokens=25,
             )
             assert answer.choices[0].message.content
             with self._lock:
@@ -189,6 +192,129 @@ def test_standby_parks_an_idle_miner_and_activates_it_under_load(net: Network) -
     assert load.ok > 0
 
 
+def test_local_scales_each_named_model_on_its_own(net: Network) -> None:
+    def served() -> dict[str, int]:
+        counts = {"fake-a": 0, "fake-b": 0}
+        for miner in net.miners():
+            for model in miner["models"]:  # type: ignore[attr-defined]
+                counts[model] += 1
+        return counts
+
+    net.start_router(
+        *("--autoscale", "local", "--min-miners", "1", "--max-miners", "2"),
+        *("--scale-interval", "0.5", "--scale-down-delay", "60", "--target-utilization", "1"),
+        *("--scale-miner-args", "--engine fake --model-name {model} --slots 1"),
+        *("--scale-model", "fake-a=--fake-speed 50", "--scale-model", "fake-b=--fake-speed 40"),
+        "--scale-miner-cpus",
+        "0.1",
+    )
+    with reaping_children(net):
+        # The minimum of each model, before any request asked for it.
+        wait_for("a miner per model", lambda: served() == {"fake-a": 1, "fake-b": 1}, 30, net)
+        load = Load(net, model="fake-b")
+        with load.running(clients=4):
+            wait_for("a second fake-b miner", lambda: served()["fake-b"] == 2, 30, net)
+            time.sleep(1)  # the new miner takes work
+        assert served() == {"fake-a": 1, "fake-b": 2}, "fake-a had no demand to follow"
+        assert load.failures == [], load.failures
+        ups = [d for d in autoscale(net)["decisions"] if d["direction"] == "up"]
+        assert [(d["model"], d["current"], d["desired"]) for d in ups] == [("fake-b", 1, 2)]
+        assert net.router is not None
+        assert "for fake-b" in net.router.output()  # started with fake-b's own flags
+
+
+def test_local_miners_die_with_a_router_killed_outright(net: Network) -> None:
+    net.start_router(
+        *("--autoscale", "local", "--min-miners", "2", "--max-miners", "2"),
+        *("--scale-miner-args", MINER_ARGS, "--scale-miner-cpus", "0.1"),
+    )
+    assert net.router is not None
+    net.wait_miners(2, timeout=30)
+    miners = psutil.Process(net.router.popen.pid).children(recursive=True)
+    assert len(miners) == 2, miners
+    net.router.popen.kill()  # SIGKILL: the router gets no chance to stop them
+    net.router.popen.wait()
+    _, alive = psutil.wait_procs(miners, timeout=20)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, "miners outlived their router"
+
+
+def test_a_request_for_a_model_nobody_serves_waits_while_a_standby_miner_loads_it(
+    net: Network,
+) -> None:
+    net.start_router(
+        *("--autoscale", "standby", "--min-miners", "1", "--max-miners", "2"),
+        *("--scale-interval", "0.5", "--scale-down-delay", "1", "--standby-heartbeat", "2"),
+    )
+    net.start_miner("s1", "--fake-speed", "50")
+    net.wait_miners(1)
+    loadable = ("--fake-loadable", "fake-b=10MB", "--fake-load-s", "0.5")
+    net.start_miner("s2", "--fake-speed", "50", *loadable)
+    net.wait_miners(2)
+
+    def state(name: str) -> str:
+        return next(str(m["state"]) for m in net.miners() if m["name"] == name)
+
+    wait_for("s2 parked", lambda: state("s2") == "parked", 20, net)
+    load = Load(net, model="fake-b")
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(load.one)
+    assert load.failures == [], load.failures
+    assert load.ok == 4
+    assert state("s2") == "live"
+    placements = autoscale(net)["placements"]
+    assert [(p["variant"], p["miner_name"], p["outcome"]) for p in placements] == [
+        ("fake-b", "s2", "loaded")
+    ]
+    assert any(
+        e["kind"] == "scale" and e["detail"].startswith("placing fake-b") for e in events(net)
+    )
+    # A model no miner can load is refused at once, as before.
+    client = openai.OpenAI(base_url=net.base_url + "/v1", api_key="none", max_retries=0)
+    try:
+        client.completions.create(model="fake-nowhere", prompt="hi", max_tokens=2)
+        raise AssertionError("a model nobody can load was accepted")
+    except openai.NotFoundError as exc:
+        assert "not served by any live miner" in str(exc)
+
+
+def test_standby_loads_a_hot_model_onto_a_second_miner_and_unloads_it_when_it_cools(
+    net: Network,
+) -> None:
+    net.start_router(
+        *("--autoscale", "standby", "--min-miners", "1", "--max-miners", "2"),
+        *("--scale-interval", "0.5", "--scale-down-delay", "1", "--standby-heartbeat", "2"),
+        *("--target-utilization", "1"),
+    )
+    loadable = ("--slots", "1", "--fake-loadable", "fake-a=10MB", "--fake-load-s", "0.3")
+    net.start_miner("s1", "--model-name", "fake-b", *loadable)
+    net.start_miner("s2", "--model-name", "fake-c", *loadable)
+    net.wait_miners(2)
+
+    def serving(model: str) -> list[str]:
+        return sorted(str(m["name"]) for m in net.miners() if model in m["models"])  # type: ignore[operator]
+
+    load = Load(net, model="fake-a")
+    with load.running(clients=3):  # nobody serves fake-a: one miner loads it, then the other
+        wait_for("both miners serving fake-a", lambda: serving("fake-a") == ["s1", "s2"], 20, net)
+    # Cold again: each miner is the only one serving its own model, so neither is
+    # drained; one unloads fake-a.
+    wait_for("fake-a on one miner", lambda: len(serving("fake-a")) == 1, 20, net)
+    assert load.failures == [], load.failures
+    assert (serving("fake-b"), serving("fake-c")) == (["s1"], ["s2"])
+    assert sorted(str(m["state"]) for m in net.miners()) == ["live", "live"]
+    state = autoscale(net)
+    reasons = [p["reason"] for p in state["placements"] if p["outcome"] == "loaded"]
+    assert len(reasons) == 2, state["placements"]
+    assert "no miner serves it" in reasons[0]
+    assert "scaling wants 1 more miner(s) for fake-a" in reasons[1]
+    assert [(u["model"], u["way"], u["outcome"]) for u in state["unloads"]] == [
+        ("fake-a", "unload", "unloaded")
+    ]
+
+
 def run_router(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     command = [sys.executable, "-m", "inferswarm", "router", "--no-auth", *args]
@@ -202,6 +328,12 @@ def test_bad_autoscale_flags_say_what_to_change() -> None:
     no_command = run_router("--autoscale", "command")
     assert no_command.returncode == 2
     assert "needs --scale-command" in no_command.stderr
+    unnamed = run_router("--autoscale", "local", "--scale-miner-args", "--model-name {model}")
+    assert unnamed.returncode == 2
+    assert "add --scale-model NAME" in unnamed.stderr
+    nameless = run_router("--autoscale", "local", "--scale-model", "=--engine fake")
+    assert nameless.returncode == 2
+    assert "names no model" in nameless.stderr
 
 
 def test_a_local_miner_that_cannot_start_is_reported_in_the_router_log(net: Network) -> None:

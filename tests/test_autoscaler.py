@@ -4,31 +4,38 @@ a real registry and metrics, miners as recorded WebSocket senders, a set clock."
 from __future__ import annotations
 
 import sys
+from contextlib import aclosing
 from pathlib import Path
 
+import pytest
+from prometheus_client import generate_latest
+
+from inferswarm.openai_compat.errors import ServiceUnavailable
 from inferswarm.protocol import (
     PROTOCOL_VERSION,
     HardwareProfile,
     MinerId,
     ModelName,
     ModelOffer,
-    Park,
+    ModelsChanged,
     Register,
     SamplingParams,
     TaskAssign,
     TaskDone,
     TaskId,
-    parse_router_message,
 )
 from inferswarm.router.admission import WaitQueue
+from inferswarm.router.dispatch import Dispatcher, DispatchLimits, Job
 from inferswarm.router.events import EventKind
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.registry import MinerConnection, MinerRegistry
-from inferswarm.router.scale.autoscaler import Autoscaler, ScaleMetrics
+from inferswarm.router.scale.autoscaler import Autoscaler, DecisionRecord, ScaleMetrics
 from inferswarm.router.scale.policy import ScalePolicy
 from inferswarm.router.scale.providers import CommandProvider, Provider, StandbyProvider
+from inferswarm.router.scale.removal import Way
 from inferswarm.router.scale.signals import SignalReader
-from inferswarm.router.schedule import MinerState
+from inferswarm.router.schedule import MinerState, Policy
+from recorded import RecordedMiner
 
 MODEL = ModelName("m")
 
@@ -41,32 +48,22 @@ class Clock:
         return self.now
 
 
-class Miner:
-    """What the router sent one miner."""
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-
-    async def send(self, frame: str) -> None:
-        self.frames.append(frame)
-
-    async def close(self, reason: str) -> None:
-        return None
-
-    def parks(self) -> list[bool]:
-        messages = [parse_router_message(f) for f in self.frames]
-        return [m.parked for m in messages if isinstance(m, Park)]
+def offer(name: str) -> ModelOffer:
+    return ModelOffer(name=ModelName(name), context_length=512)
 
 
-def register(name: str, slots: int) -> Register:
+def register(
+    name: str, slots: int, serves: tuple[str, ...] = (MODEL,), loadable: tuple[str, ...] = ()
+) -> Register:
     return Register(
         protocol_version=PROTOCOL_VERSION,
         miner_id=MinerId(f"id-{name}"),
         name=name,
         engine="fake",
         hardware=HardwareProfile(cpu_model="x", cpu_cores=2, ram_bytes=2**30),
-        models=(ModelOffer(name=MODEL, context_length=512),),
+        models=tuple(offer(m) for m in serves),
         slots=slots,
+        loadable=tuple(offer(m) for m in loadable),
     )
 
 
@@ -94,15 +91,22 @@ class World:
             clock=self.clock,
             wall_clock=self.clock,
         )
-        self.miners: dict[str, Miner] = {}
+        self.miners: dict[str, RecordedMiner] = {}
 
-    async def join(self, name: str, slots: int = 1) -> MinerConnection:
-        miner = self.miners[name] = Miner()
-        return await self.registry.add(register(name, slots), miner.send, miner.close)
+    async def join(
+        self,
+        name: str,
+        slots: int = 1,
+        serves: tuple[str, ...] = (MODEL,),
+        loadable: tuple[str, ...] = (),
+    ) -> MinerConnection:
+        miner = self.miners[name] = RecordedMiner()
+        info = register(name, slots, serves, loadable)
+        return await self.registry.add(info, miner.send, miner.close)
 
-    async def tick(self, seconds: float = 2) -> None:
+    async def tick(self, seconds: float = 2) -> list[DecisionRecord]:
         self.clock.now += seconds
-        await self.scaler.evaluate()
+        return await self.scaler.evaluate()
 
     def states(self) -> dict[str, str]:
         return {c.info.name: c.state.value for c in self.registry.connections()}
@@ -204,3 +208,178 @@ async def test_the_command_provider_runs_the_operator_command_with_count_and_mod
     await world.scaler.released()
     assert calls.read_text().splitlines()[2] == "m 2 three"
     assert world.states()["three"] == "draining"
+
+
+OTHER = ModelName("other")
+
+
+async def test_a_model_nobody_serves_is_loaded_on_a_parked_miner_that_then_takes_work() -> None:
+    world = World()
+    await world.join("a")
+    b = await world.join("b", loadable=(OTHER,))
+    await world.registry.park(b, 5)
+    assert world.registry.coming(OTHER), "a request for it waits instead of a 404"
+    assert not world.registry.coming("nobody-has-it")
+    world.metrics.running_by_model[OTHER] = 2
+    world.registry.want(OTHER)  # what the dispatcher says when a request starts to wait
+    await settle()
+    assert world.miners["b"].loads() == [OTHER], "placed at once, not at the next evaluation"
+    world.registry.on_message(b, ModelsChanged(models=(offer(MODEL),), loading=(OTHER,)))
+    assert world.registry.coming(OTHER), "still waited for while it loads"
+    await world.tick()
+    await settle()
+    assert world.miners["b"].loads() == [OTHER], "asked once while it loads"
+    world.registry.on_message(b, ModelsChanged(models=(offer(MODEL), offer(OTHER)), slots=2))
+    await world.scaler.loaded()
+    assert b.state is MinerState.LIVE
+    assert world.miners["b"].parks() == [True, False]
+    assert [c.info.name for c in world.registry.served_models()[OTHER]] == ["b"]
+    assert not world.registry.coming(OTHER)
+    placement = world.scaler.placements[-1]
+    assert (placement.load.miner_name, placement.load.variant, placement.outcome) == (
+        "b",
+        OTHER,
+        "loaded",
+    )
+    assert "2 request(s) in flight for other and no miner serves it" in placement.load.reason
+    scale_events = [e for e in world.registry.events.recent() if e.kind is EventKind.SCALE]
+    assert [(e.miner_name, e.detail.split(":")[0]) for e in scale_events] == [
+        ("b", "placing other")
+    ]
+    exposition = generate_latest(world.metrics.registry).decode()
+    assert 'inferswarm_autoscale_placements_total{model="other",outcome="loaded"} 1.0' in exposition
+
+
+async def test_a_failed_load_is_not_asked_of_that_miner_again_for_a_while() -> None:
+    world = World()
+    b = await world.join("b", loadable=(OTHER,))
+    world.metrics.running_by_model[OTHER] = 1
+    await world.tick()
+    await settle()
+    refusal = ModelsChanged(
+        models=(offer(MODEL),), loadable=(offer(OTHER),), error="loading other failed: disk"
+    )
+    world.registry.on_message(b, refusal)
+    await world.scaler.loaded()
+    assert world.scaler.placements[-1].outcome == "failed: loading other failed: disk"
+    for _ in range(3):
+        await world.tick(10)
+        await settle()
+    assert world.miners["b"].loads() == [OTHER]
+    await world.tick(40)
+    await settle()
+    assert world.miners["b"].loads() == [OTHER, OTHER]
+    await world.scaler.close()
+
+
+async def test_the_last_miner_serving_a_model_is_not_drained_for_another() -> None:
+    world = World()
+    await world.join("a")
+    await world.join("b", serves=(MODEL, OTHER))  # newest, so first to go were it not for OTHER
+    for _ in range(8):
+        await world.tick()
+        await settle()
+    assert world.states() == {"a": "parked", "b": "live"}
+
+
+async def test_a_request_waits_for_a_model_on_its_way_and_gives_up_saying_why() -> None:
+    world = World()
+    await world.join("b", loadable=(OTHER,))
+    dispatcher = Dispatcher(
+        world.registry, Policy.LEAST_LOADED, DispatchLimits(), WaitQueue(10, 0.3)
+    )
+    job = Job(model=OTHER, sampling=SamplingParams(max_tokens=4), prompt="hi")
+    with pytest.raises(ServiceUnavailable) as refused:
+        async with aclosing(world.metrics.measured(dispatcher, job)) as events:
+            await anext(events)
+    assert refused.value.code == "model_loading"
+    assert "No miner finished loading a variant of 'other' within 0.3 s" in refused.value.message
+    assert world.miners["b"].loads() == [OTHER], "the wait asked the autoscaler to place it"
+    await world.scaler.close()
+
+
+async def test_more_miners_for_a_served_model_come_from_loading_it_on_standby_miners() -> None:
+    world = World()
+    await world.join("a")  # serves m: the only one
+    b = await world.join("b", serves=(OTHER,), loadable=(MODEL,))
+    world.clock.now += 1
+    c = await world.join("c", serves=(OTHER,), loadable=(MODEL,))
+    await world.registry.park(c, 5)
+    world.metrics.running_by_model[MODEL] = 3  # 3 in flight, 1 slot live
+    records = await world.tick()
+    await settle()
+    up = next(r for r in records if r.decision.model == MODEL)
+    assert (up.decision.current, up.decision.desired) == (1, 3)
+    assert up.action == "c loads m; b loads m", "no parked miner serves m: both load it"
+    assert world.miners["c"].loads() == [MODEL] and world.miners["b"].loads() == [MODEL]
+    assert "scaling wants 2 more miner(s) for m" in world.scaler.placements[-1].load.reason
+    # While they load they count as capacity on its way: nothing more is asked.
+    loading = ModelsChanged(models=(offer(OTHER),), loading=(MODEL,))
+    for conn in (b, c):
+        world.registry.on_message(conn, loading)
+    records = await world.tick()
+    await settle()
+    held = next(r for r in records if r.decision.model == MODEL)
+    assert (held.decision.current, held.decision.desired) == (3, 3)
+    assert world.miners["b"].loads() == [MODEL]
+    for conn in (b, c):
+        world.registry.on_message(conn, ModelsChanged(models=(offer(OTHER), offer(MODEL))))
+    await world.scaler.loaded()
+    assert c.state is MinerState.LIVE, "the parked miner was activated once it served m"
+    assert len(world.registry.served_models()[MODEL]) == 3
+    exposition = generate_latest(world.metrics.registry).decode()
+    assert 'inferswarm_autoscale_placements_total{model="m",outcome="loaded"} 2.0' in exposition
+    await world.scaler.close()
+
+
+async def test_scale_down_keeps_a_miner_a_busy_model_needs_and_unloads_the_cold_one() -> None:
+    world = World()
+    await world.join("a", slots=2)  # m only; the oldest
+    world.clock.now += 1
+    b = await world.join("b", slots=2, serves=(MODEL, OTHER))
+    world.clock.now += 1
+    c = await world.join("c", slots=2, serves=(MODEL, OTHER))  # the newest and idlest
+    world.metrics.running_by_model[OTHER] = 2  # other wants its two miners; m wants one
+    await world.tick()
+    await world.scaler.released()
+    # Drained (idle, so parked at once), though b and c are newer: they serve other too.
+    assert world.states() == {"a": "parked", "b": "live", "c": "live"}
+    drain = next(e for e in world.registry.events.recent() if e.kind is EventKind.DRAINING)
+    assert drain.detail.endswith("a: it serves nothing else")
+    records: list[DecisionRecord] = []
+    for _ in range(6):  # the cooldown, then m goes from 2 miners to 1
+        records += await world.tick()
+        await settle()
+    down = [r for r in records if r.decision.model == MODEL and r.decision.direction == "down"]
+    assert [r.action for r in down] == ["unloading it from c (still needed for other models)"]
+    assert world.states() == {"a": "parked", "b": "live", "c": "live"}, "no miner drained"
+    assert world.miners["c"].unloads() == [MODEL]
+    assert [o.name for o in c.info.models] == [OTHER], "no new m tasks go to c"
+    world.registry.on_message(c, ModelsChanged(models=(offer(OTHER),)))
+    await world.scaler.loaded()
+    unload = world.scaler.unloads[-1]
+    assert (unload.removal.miner_name, unload.removal.way, unload.outcome) == (
+        "c",
+        Way.UNLOAD,
+        "unloaded",
+    )
+    assert [c.info.name for c in world.registry.served_models()[MODEL]] == ["b"]
+    assert [x.info.name for x in world.registry.served_models()[OTHER]] == ["b", "c"]
+    assert b.state is MinerState.LIVE
+    exposition = generate_latest(world.metrics.registry).decode()
+    assert 'inferswarm_autoscale_unloads_total{model="m",outcome="unloaded"} 1.0' in exposition
+    scale_events = [e.detail for e in world.registry.events.recent() if e.kind is EventKind.SCALE]
+    assert any(d.startswith("unloading m: c: still needed for other") for d in scale_events)
+
+
+def test_requests_that_name_a_family_count_for_its_served_variants() -> None:
+    world = World()
+    reader = SignalReader(world.metrics)
+    world.metrics.running_by_model["fam"] = 4
+    world.metrics.running_by_model["fam:q8_0"] = 1
+    now = world.clock.now
+    alone = reader.read("fam:q8_0", [], 0, now)
+    shared = reader.read("fam:q8_0", [], 0, now, family_share=0.5)
+    assert (alone.waiting, alone.demand) == (5, 5)
+    assert (shared.waiting, shared.demand) == (3, 3)
+    assert reader.read("other:q8_0", [], 0, now).demand == 0  # another family's requests

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 
 from netutil import Network, free_port
 
@@ -35,8 +36,15 @@ def test_status_shows_miners_as_a_table_and_as_json(net: Network) -> None:
     net.start_router()
     net.start_miner("pi-board", "--fake-speed", "30", "--slots", "3")
     net.wait_miners(1)
+    served = httpx.post(
+        net.base_url + "/v1/completions",
+        json={"model": "fake-model", "prompt": "hi", "max_tokens": 2},
+        timeout=30,
+    )
+    assert served.status_code == 200, served.text
     table = run_cli("status", "--router", net.base_url)
     assert table.returncode == 0, table.stderr
+    assert re.search(r"ledger:\s+1\s+request", table.stdout), table.stdout
     assert "pi-board" in table.stdout and "fake-model" in table.stdout and "0/3" in table.stdout
     assert "models" in table.stdout and "recent events" in table.stdout
     assert re.search(r"join\s+│\s+pi-board", table.stdout), table.stdout
@@ -189,3 +197,17 @@ def network_doc(names: list[str]) -> dict[str, object]:
         },
         "totals": {},
     }
+
+
+def test_up_takes_its_router_and_miners_along_when_killed_outright(tmp_path: Path) -> None:
+    proc, _, _ = start_up(tmp_path, "--engine", "fake", "--miners", "1", "--no-auth")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()  # SIGKILL: `up` gets no chance to stop them
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert len(children) == 2, children  # the router and one miner
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, "the router or a miner outlived `inferswarm up`"

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -77,8 +78,12 @@ def two_families(
     with network(workdir) as net:
         net.start_router()
         # 300 MB less 20 %: SmolLM2 Q8_0 fits (~180 MiB with its cache); Gemma (~330 MiB) does not.
+        # --min-speed 1: SmolLM2 Q8_0 is estimated far faster than that, so it still wins.
         net.start_miner(
-            "small", "--models", "auto", "--memory-limit", "300MB", *common, engine="llamacpp"
+            "small",
+            *("--models", "auto", "--memory-limit", "300MB", "--min-speed", "1"),
+            *common,
+            engine="llamacpp",
         )
         models = f"{gemma_file},{default_model_path()}"
         net.start_miner("big", "--models", models, *common, engine="llamacpp")
@@ -109,6 +114,8 @@ def served_by(api: openai.OpenAI, model: str, **extra: object) -> str:
 def test_a_memory_limit_loads_only_what_fits(two_families: Network) -> None:
     offers = {m["name"]: m["models"] for m in two_families.miners()}
     assert offers == {"small": [Q8], "big": [GEMMA, Q4]}
+    log = next(p for p in two_families.procs if p.name == "small").output()
+    assert "--min-speed 1: speeds estimated from" in " ".join(log.split())
     details = next(m for m in two_families.miners() if m["name"] == "small")["model_details"]
     assert details[0]["family"] == FAMILY
     assert 0 < details[0]["memory_bytes"] < 0.8 * 300e6
@@ -199,3 +206,30 @@ def test_a_limit_nothing_fits_is_refused_with_advice(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "raise --memory-limit" in done.stderr
+
+
+def test_a_smollm2_miner_loads_gemma_on_request_and_serves_it(
+    tmp_path: Path, gemma_file: Path
+) -> None:
+    with network(tmp_path) as net:
+        net.start_router()
+        net.start_miner(
+            "grower",
+            *("--model-dir", str(gemma_file.parent)),
+            *("--threads", "1", "--ctx", "512", "--slots", "1", "--cache-dir", str(CACHE)),
+            engine="llamacpp",
+        )
+        miner = net.wait_miners(1, timeout=240)[0]
+        assert miner["models"] == [Q4] and GEMMA in miner["loadable"]  # type: ignore[operator]
+        details = miner["model_details"][0]  # type: ignore[index]
+        assert details["family"] == FAMILY and details["memory_bytes"] > 0  # from the catalog
+        done = httpx.post(
+            f"{net.base_url}/v1/admin/miners/{miner['id']}/models",
+            json={"load": GEMMA},
+            timeout=300,
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["models"] == [Q4, GEMMA]
+        with openai.OpenAI(base_url=net.base_url + "/v1", api_key="none", max_retries=0) as api:
+            assert served_by(api, GEMMA) == "grower"
+            assert served_by(api, Q4) == "grower"

@@ -47,6 +47,7 @@ def test_network_shows_miners_throughput_latency_and_events(net: Network) -> Non
             "slots": 3,
             "busy_slots": 0,
             "tokens_per_s": state["models"][0]["tokens_per_s"],
+            "loadable_on": 0,
         }
     ]
     assert state["queue"]["depth"] == 0 and state["in_flight"] == 0

@@ -12,8 +12,9 @@ from inferswarm.miner.placement import (
     SpeedReference,
     parse_size,
     plan_placement,
+    speed_reference,
 )
-from inferswarm.protocol import HardwareProfile, ModelName, Register
+from inferswarm.protocol import Capability, HardwareProfile, ModelName, Register
 
 FIXTURES = Path(__file__).parent / "fixtures" / "miners"
 GB = 10**9
@@ -132,3 +133,69 @@ def test_sizes_read_as_operators_write_them(text: str, size: int) -> None:
 def test_an_unreadable_size_says_how_to_write_one() -> None:
     with pytest.raises(ValueError, match="300MB"):
         parse_size("lots")
+
+
+SHIPPED_Q4_1_BYTES = 98_362_432
+"""The SmolLM2-135M Q4_1 file whose speed each fixture recorded."""
+SMOLLM = [
+    entry("smollm2-135m-instruct", v, size, layers=30, kv_heads=3)
+    for v, size in (
+        ("q8_0", 144.8e6),
+        ("q4_1", SHIPPED_Q4_1_BYTES),
+        ("q4_k_m", 105.5e6),
+        ("q3_k_m", 93.5e6),
+        ("q2_k", 88.2e6),
+    )
+]
+
+
+def with_min_speed(name: str, min_speed: float) -> str:
+    """The SmolLM2 variant a fixture loads under ``min_speed``, its speed
+    estimated from the speed the fixture recorded for the shipped file."""
+    recorded = Register.model_validate_json((FIXTURES / f"{name}.json").read_text())
+    reference = speed_reference(SHIPPED_Q4_1_BYTES, recorded.models[0].capability)
+    limits = PlacementLimits(min_tokens_per_s=min_speed)
+    plan = plan_placement(recorded.hardware, SMOLLM, limits, reference)
+    return plan.models[0].entry.variant
+
+
+@pytest.mark.parametrize(
+    ("fixture", "min_speed", "variant"),
+    [
+        ("laptop_cpu", 0, "q8_0"),  # no minimum: the most precise
+        ("laptop_cpu", 70, "q8_0"),  # 110 tokens/s measured on q4_1 -> ~75 on q8_0
+        ("laptop_cpu", 100, "q4_1"),  # q8_0 too slow; q4_1 measured 110
+        ("laptop_cpu", 112, "q3_k_m"),  # q4_k_m ~103 falls short, q3_k_m ~116
+        ("arm_board", 15, "q4_1"),  # 18 on q4_1; q8_0 would make ~12
+        ("arm_board", 18.5, "q3_k_m"),  # ~18.9
+        ("arm_board", 19, "q2_k"),  # ~20
+        ("arm_board", 100, "q2_k"),  # none is that fast: the fastest that fits
+        ("consumer_gpu", 1000, "q8_0"),  # wholly on the GPU: the CPU estimate does not apply
+    ],
+)
+def test_min_speed_keeps_the_most_precise_variant_fast_enough(
+    fixture: str, min_speed: float, variant: str
+) -> None:
+    assert with_min_speed(fixture, min_speed) == variant
+
+
+def test_a_variant_left_out_for_speed_says_so() -> None:
+    recorded = Register.model_validate_json((FIXTURES / "arm_board.json").read_text())
+    reference = speed_reference(SHIPPED_Q4_1_BYTES, recorded.models[0].capability)
+    plan = plan_placement(
+        recorded.hardware, SMOLLM, PlacementLimits(min_tokens_per_s=15), reference
+    )
+    why = dict(plan.skipped)
+    assert why["smollm2-135m-instruct:q8_0"] == "below the minimum speed (~12.2 tokens/s estimated)"
+    assert why["smollm2-135m-instruct:q2_k"] == "a more precise variant fits"
+
+
+def test_no_measurement_gives_no_reference() -> None:
+    assert speed_reference(SHIPPED_Q4_1_BYTES, None) is None
+    assert speed_reference(0, hardware_capability("laptop_cpu")) is None
+
+
+def hardware_capability(name: str) -> Capability | None:
+    return (
+        Register.model_validate_json((FIXTURES / f"{name}.json").read_text()).models[0].capability
+    )

@@ -4,7 +4,9 @@ the honest miners agree on, token for token, and never the corrupt one."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -45,6 +47,14 @@ def test_redundancy_3_outvotes_a_corrupt_llama_miner(net: Network, tmp_path: Pat
             assert sorted(report["agreed"]) == sorted([ids["honest-1"], ids["honest-2"]])
             answer = raw.parse().choices[0].message.content
             assert answer
+            # One lost vote may be a false verdict: the cheat is only a suspect,
+            # trusted less. The answer just verified is now a canary; the idle
+            # suspect gets it, fails it again and again, and is quarantined.
+            assert states(net)["cheat"]["reputation"] < states(net)["honest-1"]["reputation"]
+            deadline = time.monotonic() + 120
+            while states(net)["cheat"]["state"] != "quarantined":
+                assert time.monotonic() < deadline, states(net)
+                time.sleep(0.5)
             # The same request, greedy, on an honest miner alone gives the same text.
             alone = api.chat.completions.create(
                 model=MODEL,
@@ -54,5 +64,10 @@ def test_redundancy_3_outvotes_a_corrupt_llama_miner(net: Network, tmp_path: Pat
                 seed=0,
             )
             assert alone.choices[0].message.content == answer
-    states = {str(m["name"]): m["state"] for m in net.miners()}
-    assert states == {"honest-1": "live", "honest-2": "live", "cheat": "quarantined"}
+    miners = states(net)
+    assert miners["honest-1"]["state"] == miners["honest-2"]["state"] == "live"
+    assert miners["cheat"]["verification"]["failed"] >= 2  # the vote and its canaries
+
+
+def states(net: Network) -> dict[str, Any]:
+    return {str(m["name"]): m for m in net.miners()}

@@ -53,10 +53,17 @@ def test_redundancy_3_never_hands_out_the_corrupt_answer(net: Network) -> None:
         assert len(report["agreed"]) == 2
         assert raw.headers["x-inferswarm-verification"].startswith("majority")
 
+        # One lost vote could be a false verdict: trusted less, not yet quarantined.
         miners = states(net)
-        assert miners["cheat"]["state"] == "quarantined"
-        assert miners["honest1"]["state"] == "live"
+        assert miners["cheat"]["state"] == "live"
         assert miners["cheat"]["reputation"] < miners["honest1"]["reputation"]
+        asked = 1
+        while states(net)["cheat"]["state"] != "quarantined":
+            assert asked < 10, states(net)["cheat"]
+            raw = ask(api, redundancy=3, consensus="exact")
+            assert raw.parse().choices[0].message.content == HONEST
+            asked += 1
+        assert states(net)["honest1"]["state"] == "live"
 
         # Two trusted miners are left: redundancy 3 is refused with the reason,
         # redundancy 2 is served by the honest pair only.
@@ -76,6 +83,10 @@ def test_redundancy_3_never_hands_out_the_corrupt_answer(net: Network) -> None:
     # The ledger holds every signed result with its verdict, attributable by key.
     with sqlite3.connect(net.workdir / "router" / "router.db") as db:
         rows = db.execute("SELECT miner_id, verdict, signature, public_key FROM results").fetchall()
+        purposes = set(db.execute("SELECT miner_id, purpose FROM results"))
+    # ... and why each ran: redundant copies, plain requests, the cheat's canaries.
+    assert {p for m, p in purposes if m != cheat_id} == {"redundant", "request"}
+    assert "redundant" in {p for m, p in purposes if m == cheat_id} <= {"redundant", "canary"}
     verdicts = {(miner, verdict) for miner, verdict, _, _ in rows}
     assert (cheat_id, "rejected") in verdicts
     assert {v for m, v in verdicts if m != cheat_id} >= {"agreed"}
@@ -83,8 +94,8 @@ def test_redundancy_3_never_hands_out_the_corrupt_answer(net: Network) -> None:
 
     metrics = httpx.get(net.base_url + "/metrics").text
     assert (
-        'inferswarm_verifications_total{consensus="exact",purpose="redundant",verdict="majority"} 1.0'
-        in metrics
+        'inferswarm_verifications_total{consensus="exact",purpose="redundant",verdict="majority"} '
+        f"{asked}.0" in metrics
     )
     assert "inferswarm_miners_quarantined 1.0" in metrics
 

@@ -8,8 +8,6 @@ import logging
 import random
 import signal
 import socket
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +15,13 @@ import typer
 import uvicorn
 
 from inferswarm.cli.common import setup_logging
+from inferswarm.cli.lifetime import exit_with
+from inferswarm.cli.miner_engines import (
+    EngineKind,
+    EngineOptions,
+    build_engine,
+    parse_fake_loadable,
+)
 from inferswarm.miner.agent import AgentSettings, MinerAgent, MinerRefused
 from inferswarm.miner.catalog import CatalogError
 from inferswarm.miner.engines.base import Engine, TaskRejected
@@ -24,44 +29,17 @@ from inferswarm.miner.engines.multi import MultiModelEngine
 from inferswarm.miner.faults import Fault, FaultyEngine
 from inferswarm.miner.hardware import probe_hardware
 from inferswarm.miner.identity import load_or_create_identity
+from inferswarm.miner.loading import ModelLoader
 from inferswarm.miner.models import ModelNotFound
 from inferswarm.miner.placement import parse_size
 from inferswarm.miner.probe import CapabilityCache, default_cache_dir, establish_capability
 
 log = logging.getLogger("inferswarm.miner")
 
+MAX_OPERATOR_CHARS = 128
+"""As the protocol's ``Register.operator`` allows."""
 DRAIN_TIMEOUT_S = 30.0
 """On SIGTERM, how long running tasks may take to finish before the miner exits."""
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    model: Path | None
-    model_name: str | None
-    slots: int | None
-    ctx: int
-    threads: int | None
-    fake_speed: float
-    fake_latency: float
-    fake_failure_rate: float
-    upstream: str | None
-    upstream_key: str | None
-    fake_prompt_speed: float = 0.0
-    fake_claim_speed: float | None = None
-    fake_output_tokens: int = 24
-    fake_stall_after: int | None = None
-    fake_echo_tag: str | None = None
-    models: str | None = None
-    model_dirs: tuple[Path, ...] = ()
-    memory_limit: int | None = None
-    cache_dir: Path | None = None
-
-
-class EngineKind(StrEnum):
-    LLAMACPP = "llamacpp"
-    LLAMA_SEQUENTIAL = "llama-sequential"
-    FAKE = "fake"
-    OPENAI = "openai"
 
 
 def miner(
@@ -103,8 +81,23 @@ def miner(
     ] = None,
     model_dir: Annotated[
         list[Path] | None,
-        typer.Option(help="Also look for GGUF files here with --models auto (repeatable)."),
+        typer.Option(
+            help="Look for GGUF files here (repeatable): with --models auto they are candidates "
+            "to place; the variants not loaded are offered to the router, which may ask the "
+            "miner to load them (inferswarm models load).",
+        ),
     ] = None,
+    min_speed: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="TOKENS_PER_S",
+            help="With --models auto: per family, the most precise variant that still "
+            "generates this many tokens/s (estimated from the measured speed of a loaded "
+            "model, scaled by file size); if none does, the fastest that fits.",
+            envvar="INFERSWARM_MIN_SPEED",
+        ),
+    ] = 0.0,
     memory_limit: Annotated[
         str | None,
         typer.Option(
@@ -128,6 +121,16 @@ def miner(
             help="Human-readable miner name (default: host name).", envvar="INFERSWARM_MINER_NAME"
         ),
     ] = None,
+    operator: Annotated[
+        str,
+        typer.Option(
+            help="Who runs this miner (a person, company or pool). Declare one name on all your "
+            "miners: redundant verification then prefers miners of other operators, so your "
+            "miners never vouch for each other. Undeclared miners count as distinct operators, "
+            "unless they connect from one network (the router's --diversity-prefix).",
+            envvar="INFERSWARM_OPERATOR",
+        ),
+    ] = "",
     ctx: Annotated[int, typer.Option(min=64, help="Context window in tokens (llamacpp).")] = 2048,
     threads: Annotated[
         int | None,
@@ -191,6 +194,17 @@ def miner(
     fake_prompt_speed: Annotated[
         float, typer.Option(min=0, help="Fake engine prompt tokens/s (0: instant).")
     ] = 0.0,
+    fake_loadable: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME[=SIZE]",
+            help="Fake engine: a model the router may ask this miner to load, with the memory "
+            "it takes (e.g. fake-b=200MB; default 0). Repeatable.",
+        ),
+    ] = None,
+    fake_load_s: Annotated[
+        float, typer.Option(min=0, help="Fake engine: seconds a requested load takes.")
+    ] = 0.0,
     fake_echo: Annotated[
         bool,
         typer.Option(
@@ -243,16 +257,33 @@ def miner(
             envvar="INFERSWARM_METRICS_HOST",
         ),
     ] = "127.0.0.1",
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop when the process with this id exits (the router's local autoscaler and "
+            "`inferswarm up` set it, so their miners never outlive them).",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
 ) -> None:
     """Run a miner: serve a model to a router over a WebSocket the miner dials (no open port needed)."""
     setup_logging(log_level)
+    if len(operator) > MAX_OPERATOR_CHARS:
+        raise typer.BadParameter(
+            f"at most {MAX_OPERATOR_CHARS} characters", param_hint="--operator"
+        )
+    if parent_pid is not None:
+        exit_with(parent_pid)
     try:
         limit = parse_size(memory_limit) if memory_limit else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--memory-limit") from None
+    try:
+        fake_models = tuple(parse_fake_loadable(spec) for spec in fake_loadable or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fake-loadable") from None
     options = EngineOptions(
         model,
         model_name,
@@ -273,6 +304,9 @@ def miner(
         tuple(model_dir or ()),
         limit,
         cache_dir or default_cache_dir(),
+        min_speed,
+        fake_models,
+        fake_load_s,
     )
     cache = CapabilityCache((cache_dir or default_cache_dir()) / "capability.json")
     try:
@@ -294,6 +328,7 @@ def miner(
                 join_token,
                 ca_cert,
                 (metrics_host, metrics_port) if metrics_port is not None else None,
+                operator,
             )
         )
     except MinerRefused as exc:
@@ -317,13 +352,28 @@ async def _serve(
     join_token: str | None,
     ca_cert: Path | None,
     metrics_at: tuple[str, int] | None = None,
+    operator: str = "",
 ) -> None:
-    engine = await _build_engine(kind, options)
-    parts = engine.parts if isinstance(engine, MultiModelEngine) else (engine,)
-    for part in parts:
+    served = await build_engine(kind, options)
+    engine = served.engine
+
+    async def measure(part: Engine) -> None:
         part.capability = await establish_capability(part, cache, rebenchmark)
         if part.capability is not None:
             log.info("capability of %s: %s", part.offers()[0].name, part.capability)
+
+    parts = engine.parts if isinstance(engine, MultiModelEngine) else (engine,)
+    for part in parts:
+        await measure(part)
+    loader = None
+    if isinstance(engine, MultiModelEngine):
+        loader = ModelLoader(
+            engine, served.options, served.budget, prepare=measure, placed=served.placed
+        )
+        loadable = ", ".join(o.name for o in loader.loadable())
+        log.info(
+            "the router may ask this miner to load: %s", loadable or "nothing (no memory free)"
+        )
     if faults:  # after the benchmark: a faulty miner measures its speed honestly
         log.warning(
             "fault injection on: %s", ", ".join(f"{f.kind}:{f.probability}" for f in faults)
@@ -334,11 +384,13 @@ async def _serve(
             router_url=router,
             identity=load_or_create_identity(data_dir),
             name=name,
+            operator=operator,
             join_token=join_token,
             ca_cert=ca_cert,
         ),
         engine,
         probe_hardware(),
+        models=loader,
     )
     main = asyncio.current_task()
     assert main is not None
@@ -402,107 +454,3 @@ async def _serve_metrics(agent: MinerAgent, engine: Engine, host: str, port: int
     app = create_metrics_app(agent.stats, load, agent.host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     await uvicorn.Server(config).serve()
-
-
-async def _build_engine(kind: EngineKind, o: EngineOptions) -> Engine:
-    if kind is EngineKind.FAKE:
-        from inferswarm.miner.engines.fake import FAKE_MODEL, FakeEngine, FakeEngineConfig
-
-        config = FakeEngineConfig(
-            model=o.model_name or FAKE_MODEL,
-            tokens_per_s=o.fake_speed,
-            prompt_tokens_per_s=o.fake_prompt_speed,
-            claimed_tokens_per_s=o.fake_claim_speed,
-            natural_length=o.fake_output_tokens,
-            stall_after=o.fake_stall_after,
-            latency_s=o.fake_latency,
-            failure_rate=o.fake_failure_rate,
-            echo_tag=o.fake_echo_tag,
-            context_length=o.ctx,
-            slots=o.slots or 1,
-        )
-        return FakeEngine(config)
-    if kind is EngineKind.OPENAI:
-        from inferswarm.miner.engines.upstream import UpstreamEngine
-
-        if not o.upstream:
-            raise ValueError("--engine openai needs --upstream URL (an OpenAI-compatible server)")
-        return await UpstreamEngine.discover(
-            o.upstream, context_length=o.ctx, slots=o.slots or 1, api_key=o.upstream_key
-        )
-    return await asyncio.to_thread(_llama_engine, o, batched=kind is EngineKind.LLAMACPP)
-
-
-def _llama_engine(o: EngineOptions, *, batched: bool) -> Engine:
-    from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
-    from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
-    from inferswarm.miner.models import default_model_path
-
-    if o.models is not None:
-        return _placed_engine(o, batched=batched)
-    try:
-        path = o.model or default_model_path()
-    except ModelNotFound as exc:
-        raise ValueError(str(exc)) from None
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist; pass --model PATH.gguf")
-    config = LlamaConfig(
-        model_path=path,
-        context_length=o.ctx,
-        slots=o.slots or (0 if batched else 1),
-        threads=o.threads,
-        model_name=o.model_name,
-    )
-    return BatchedLlamaEngine(config) if batched else LlamaCppEngine(config)
-
-
-def _placed_engine(o: EngineOptions, *, batched: bool) -> Engine:
-    """Load what ``plan_placement`` chooses among ``--models`` for this machine."""
-    from inferswarm.miner.catalog import Catalog, find_gguf_files
-    from inferswarm.miner.engines.llamacpp import LlamaConfig, LlamaCppEngine
-    from inferswarm.miner.engines.llamacpp_batched import BatchedLlamaEngine
-    from inferswarm.miner.models import shipped_model_paths
-    from inferswarm.miner.placement import PlacementLimits, plan_placement
-
-    assert o.models is not None and o.cache_dir is not None
-    models_dir = o.cache_dir / "models"
-    if o.models.strip().lower() == "auto":
-        paths = shipped_model_paths(models_dir) + find_gguf_files((models_dir, *o.model_dirs))
-    else:
-        paths = [Path(p.strip()) for p in o.models.split(",") if p.strip()]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
-    entries = Catalog(o.cache_dir / "catalog.json").entries(
-        dict.fromkeys(p.resolve() for p in paths)
-    )
-    # Placement sizes the KV cache, so slots are fixed here (default 1), not chosen later.
-    slots = o.slots or 1
-    limits = PlacementLimits(context_length=o.ctx, slots=slots, memory_limit_bytes=o.memory_limit)
-    placement = plan_placement(probe_hardware(), entries, limits)
-    for name, why in placement.skipped:
-        log.info("not loading %s: %s", name, why)
-    if not placement.models:
-        raise ValueError(
-            f"no model fits {placement.ram_budget_bytes / 2**20:.0f} MiB (the memory limit less "
-            "20 %); raise --memory-limit, lower --ctx or --slots, or quantise a smaller variant "
-            "with 'inferswarm quantize'"
-        )
-    engines: list[Engine] = []
-    for model in placement.models:
-        log.info(
-            "loading %s (~%.0f MiB, %d layers on GPU)",
-            model.entry.name,
-            model.memory_bytes / 2**20,
-            model.gpu_layers,
-        )
-        config = LlamaConfig(
-            model_path=model.entry.path,
-            context_length=o.ctx,
-            slots=slots,
-            threads=o.threads,
-            gpu_layers=model.gpu_layers,
-            entry=model.entry,
-        )
-        engines.append(BatchedLlamaEngine(config) if batched else LlamaCppEngine(config))
-    return engines[0] if len(engines) == 1 else MultiModelEngine(engines)

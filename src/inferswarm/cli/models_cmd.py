@@ -9,39 +9,131 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from inferswarm.miner.probe import default_cache_dir
 
+models_app = typer.Typer(
+    help="The model families and variants the network serves now, with live capacity; "
+    "'load' and 'unload' change what a miner serves.",
+)
 
+RouterUrl = Annotated[str, typer.Option(help="Router base URL.", envvar="INFERSWARM_ROUTER")]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        help="Admin key, if the router has auth on.",
+        envvar="INFERSWARM_ADMIN_KEY",
+        show_default=False,
+    ),
+]
+Miner = Annotated[
+    str, typer.Argument(metavar="MINER", help="Miner id or name (`inferswarm status` lists them).")
+]
+Variant = Annotated[str, typer.Argument(metavar="NAME", help="Variant, e.g. gemma-3-270m:q4_k_m.")]
+
+
+@models_app.callback(invoke_without_command=True)
 def models(
-    router: Annotated[
-        str, typer.Option(help="Router base URL.", envvar="INFERSWARM_ROUTER")
-    ] = "http://127.0.0.1:8000",
+    ctx: typer.Context,
+    router: RouterUrl = "http://127.0.0.1:8000",
     api_key: Annotated[
         str | None,
         typer.Option(help="Client API key if the router has auth on.", envvar="INFERSWARM_API_KEY"),
     ] = None,
 ) -> None:
     """The model families and variants the network serves now, with live capacity."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if ctx.invoked_subcommand is not None:
+        return
+    body = _get(router, "/v1/models", api_key)
+    console = _console()
+    console.print(models_table(body["data"]))
+    if body.get("loadable"):
+        console.print(loadable_table(body["loadable"]))
+
+
+@models_app.command()
+def load(
+    miner: Miner,
+    name: Variant,
+    router: RouterUrl = "http://127.0.0.1:8000",
+    admin_key: AdminKey = None,
+) -> None:
+    """Ask a miner to load a variant it has on disk; waits until the miner serves it."""
+    _change(router, admin_key, miner, {"load": name}, f"loading {name}")
+
+
+@models_app.command()
+def unload(
+    miner: Miner,
+    name: Variant,
+    router: RouterUrl = "http://127.0.0.1:8000",
+    admin_key: AdminKey = None,
+) -> None:
+    """Ask a miner to stop serving a variant; its running tasks finish first."""
+    _change(router, admin_key, miner, {"unload": name}, f"unloading {name}")
+
+
+def _change(router: str, key: str | None, miner: str, body: dict[str, str], doing: str) -> None:
+    miner_id = _miner_id(router, key, miner)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True) as progress:
+        progress.add_task(f"{doing} on {miner}", total=None)
+        done = _request(router, "POST", f"/v1/admin/miners/{miner_id}/models", key, body)
+    table = Table(title=f"Miner {miner} ({miner_id})", show_header=False)
+    table.add_row("serves", ", ".join(done["models"]) or "nothing")
+    table.add_row("loading", ", ".join(done["loading"]) or "-")
+    table.add_row("could load", ", ".join(done["loadable"]) or "-")
+    console = _console()
+    verb = "Loaded" if done["action"] == "load" else "Unloading (running tasks finish first)"
+    console.print(f"{verb}: {done['model']}")
+    console.print(table)
+
+
+def _miner_id(router: str, key: str | None, miner: str) -> str:
+    """The id of the miner named or numbered ``miner``."""
+    miners = _get(router, "/v1/miners", key)["data"]
+    matches = [m["id"] for m in miners if miner in (m["id"], m["name"])]
+    if len(matches) == 1:
+        return str(matches[0])
+    known = ", ".join(f"{m['name']} ({m['id']})" for m in miners) or "none"
+    why = "several miners are called" if matches else "no connected miner is"
+    typer.echo(f"{why} {miner!r}; give a miner id. Connected: {known}", err=True)
+    raise typer.Exit(1)
+
+
+def _get(router: str, path: str, key: str | None) -> dict[str, Any]:
+    return _request(router, "GET", path, key)
+
+
+def _request(
+    router: str, method: str, path: str, key: str | None, body: dict[str, str] | None = None
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.get(f"{router.rstrip('/')}/v1/models", headers=headers, timeout=10)
+        # A load may take minutes: the router answers once the miner serves the variant.
+        response = httpx.request(
+            method, router.rstrip("/") + path, headers=headers, json=body, timeout=660
+        )
     except httpx.HTTPError as exc:
         typer.echo(f"Cannot reach the router at {router}: {exc}. Is it running?", err=True)
         raise typer.Exit(1) from None
     if response.status_code != 200:
-        typer.echo(f"The router answered {response.status_code}: {response.text}", err=True)
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        typer.echo(f"The router answered {response.status_code}: {message}", err=True)
         raise typer.Exit(1)
-    _console().print(models_table(response.json()["data"]))
+    result: dict[str, Any] = response.json()
+    return result
 
 
 def models_table(entries: list[dict[str, Any]]) -> Table:
     table = Table(title="Models")
     table.add_column("model", no_wrap=True)
     table.add_column("variant")
-    for column in ("miners", "slots (busy)", "tokens/s", "context", "memory"):
+    for column in ("miners", "loadable on", "slots (busy)", "tokens/s", "context", "memory"):
         table.add_column(column, justify="right")
     for entry in entries:
         variant = entry.get("variant") or ", ".join(
@@ -52,9 +144,27 @@ def models_table(entries: list[dict[str, Any]]) -> Table:
             entry["id"],
             variant,
             str(entry["miners"]),
+            str(entry.get("loadable_on", 0)),
             f"{entry['slots']} ({entry.get('busy_slots', 0)})",
             f"{entry.get('tokens_per_s', 0):.0f}",
             str(entry["context_length"]),
+            f"{memory / 2**20:.0f} MiB" if memory else "",
+        )
+    return table
+
+
+def loadable_table(entries: list[dict[str, Any]]) -> Table:
+    """Variants no miner serves now but some could load (``inferswarm models load``)."""
+    table = Table(title="Loadable on request (not served now)")
+    table.add_column("model", no_wrap=True)
+    for column in ("variant", "loadable on", "memory"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for entry in entries:
+        memory = entry.get("memory_bytes") or 0
+        table.add_row(
+            entry["id"],
+            entry.get("variant", ""),
+            f"{entry['loadable_on']} miner(s)",
             f"{memory / 2**20:.0f} MiB" if memory else "",
         )
     return table

@@ -10,9 +10,15 @@ from typing import Annotated
 import typer
 
 from inferswarm.cli.common import setup_logging
+from inferswarm.cli.lifetime import exit_with
 from inferswarm.router.dispatch import DispatchLimits
 from inferswarm.router.scale.policy import ScalePolicy
-from inferswarm.router.scale.settings import LocalBudget, ProviderKind, ScaleSettings
+from inferswarm.router.scale.settings import (
+    LocalBudget,
+    ProviderKind,
+    ScaledModel,
+    ScaleSettings,
+)
 from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
@@ -189,6 +195,26 @@ def router(
             envvar="INFERSWARM_REDUNDANCY",
         ),
     ] = 1,
+    diversity_prefix: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            help="Redundant copies count miners connecting from one IPv4 network of this prefix "
+            "length as one operator, whatever they declare (32: one address; 24: its /24). "
+            "Loopback miners never group.",
+            envvar="INFERSWARM_DIVERSITY_PREFIX",
+        ),
+    ] = VerifySettings.diversity_prefix_v4,
+    diversity_prefix_v6: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=128,
+            help="As --diversity-prefix, for IPv6 (64: one subscriber's network).",
+            envvar="INFERSWARM_DIVERSITY_PREFIX_V6",
+        ),
+    ] = VerifySettings.diversity_prefix_v6,
     consensus: Annotated[
         Consensus,
         typer.Option(
@@ -229,7 +255,8 @@ def router(
         typer.Option(
             help="Scale the miner pool with demand: local starts and stops miner processes on "
             "this machine, command runs --scale-command, standby parks and activates connected "
-            "miners. Default: off.",
+            "miners. With any of them, a request for a model no miner serves waits while a "
+            "parked or idle miner that can load it (its loadable list) does. Default: off.",
             envvar="INFERSWARM_AUTOSCALE",
             rich_help_panel=SCALE_PANEL,
         ),
@@ -274,7 +301,8 @@ def router(
     scale_miner_args: Annotated[
         str,
         typer.Option(
-            help='local: flags for the miners it starts, e.g. "--engine fake --fake-speed 50".',
+            help='local: flags for the miners it starts, e.g. "--engine fake --fake-speed 50"; '
+            "{model} is replaced by the model a miner is started for (see --scale-model).",
             rich_help_panel=SCALE_PANEL,
         ),
     ] = "",
@@ -314,7 +342,12 @@ def router(
     scale_model: Annotated[
         list[str] | None,
         typer.Option(
-            help="command: a model to keep at --min-miners before any miner serves it (repeatable).",
+            help="A model to scale, kept at --min-miners even before any miner serves it "
+            "(repeatable). local scales each one named on its own, starting its miners with "
+            "--scale-miner-args and, given as NAME=FLAGS, flags of its own, e.g. "
+            "'smollm2-135m-instruct:q8_0=--model /models/smollm2-q8_0.gguf'. Without it, local's "
+            "miners all serve the one model --scale-miner-args gives.",
+            metavar="NAME[=FLAGS]",
             rich_help_panel=SCALE_PANEL,
         ),
     ] = None,
@@ -326,12 +359,20 @@ def router(
             rich_help_panel=SCALE_PANEL,
         ),
     ] = 5.0,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop (draining) when the process with this id exits (`inferswarm up` sets it).",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error.", envvar="INFERSWARM_LOG_LEVEL")
     ] = "info",
 ) -> None:
     """Run a router: the OpenAI-compatible API for clients and the gateway miners dial."""
     setup_logging(log_level)
+    if parent_pid is not None:
+        exit_with(parent_pid)
     keys = _split_keys(api_key)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
@@ -360,6 +401,8 @@ def router(
         heartbeat_timeout_s=heartbeat_timeout,
         verify=VerifySettings(
             redundancy=redundancy,
+            diversity_prefix_v4=diversity_prefix,
+            diversity_prefix_v6=diversity_prefix_v6,
             consensus=consensus,
             semantic_threshold=semantic_threshold,
             spot_check_rate=spot_check_rate,
@@ -382,7 +425,7 @@ def router(
             router_scheme="https" if tls_cert else "http",
             budget=_budget(scale_cpus, scale_memory_mb, scale_miner_cpus, scale_miner_memory_mb),
             command=_command(autoscale, scale_command),
-            models=tuple(scale_model or ()),
+            models=_scaled_models(scale_model or [], scale_miner_args),
             standby_heartbeat_s=standby_heartbeat,
         ),
     )
@@ -421,6 +464,20 @@ def _budget(
         miner_cpus=miner_cpus,
         miner_memory_bytes=int(miner_memory_mb * 2**20),
     )
+
+
+def _scaled_models(specs: list[str], miner_args: str) -> tuple[ScaledModel, ...]:
+    try:
+        models = tuple(ScaledModel.parse(spec) for spec in specs)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scale-model") from exc
+    if "{model}" in miner_args and not models:
+        raise typer.BadParameter(
+            "{model} in --scale-miner-args needs the models named: add --scale-model NAME "
+            "for each model to scale",
+            param_hint="--scale-miner-args",
+        )
+    return models
 
 
 def _command(kind: ProviderKind, command: str) -> str:

@@ -123,8 +123,15 @@ def summary_line(network: dict[str, Any]) -> Text:
         f"failovers {totals.get('failover', 0)}, migrations {totals.get('migration', 0)}, "
         f"hedges {totals.get('hedge', 0)}, bans {totals.get('ban', 0)}, "
         f"failed verifications {totals.get('verify_fail', 0)}, "
-        f"quarantines {totals.get('quarantine', 0)}"
+        f"quarantines {totals.get('quarantine', 0)}{_ledger(network.get('verification', {}))}"
     )
+
+
+def _ledger(verification: dict[str, Any]) -> str:
+    """The ledger's results by purpose, those there are (a router too old to say: nothing)."""
+    counts = verification.get("results_by_purpose", {})
+    shown = ", ".join(f"{count} {purpose}" for purpose, count in counts.items() if count)
+    return f" · ledger: {shown}" if shown else ""
 
 
 def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
@@ -153,7 +160,7 @@ def miners_table(miners: list[dict[str, Any]], router: str) -> Table:
             m["id"],
             m["name"],
             m.get("hardware_summary", ""),
-            ", ".join(m["models"]),
+            ", ".join([*m["models"], *(f"{n} (loading)" for n in m.get("loading", ()))]),
             f"T{m.get('tier', 1)}",
             f"{m['busy']}/{m['slots']}",
             f"{speed:.1f}" if speed else "-",

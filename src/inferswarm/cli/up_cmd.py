@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from inferswarm.cli.miner_cmd import EngineKind
+from inferswarm.cli.miner_engines import EngineKind
 from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.settings import RouterSettings
 
@@ -115,9 +115,12 @@ async def _join_token(router_dir: Path) -> str:
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Own process group, so Ctrl-C reaches only `up`, which then stops children in order.
+    # Own process group, so Ctrl-C reaches only `up`, which then stops children in order;
+    # --parent-pid stops them too should `up` be killed outright.
     return subprocess.Popen(
-        [sys.executable, "-m", "inferswarm", *args], env=env, start_new_session=True
+        [sys.executable, "-m", "inferswarm", *args, "--parent-pid", str(os.getpid())],
+        env=env,
+        start_new_session=True,
     )
 
 

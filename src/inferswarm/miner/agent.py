@@ -28,6 +28,7 @@ from inferswarm.miner.coalesce import StreamItem, next_batch
 from inferswarm.miner.engines.base import Engine, TaskRejected, TracksCache
 from inferswarm.miner.engines.teacher import ScoresOutputs
 from inferswarm.miner.identity import MinerIdentity
+from inferswarm.miner.loading import LoadRefused, ModelLoader
 from inferswarm.miner.metrics import MinerStats
 from inferswarm.miner.usage import HostMonitor
 from inferswarm.protocol import (
@@ -37,7 +38,10 @@ from inferswarm.protocol import (
     Draining,
     HardwareProfile,
     Heartbeat,
+    LoadModel,
     MinerId,
+    ModelName,
+    ModelsChanged,
     Park,
     Refused,
     Register,
@@ -49,6 +53,7 @@ from inferswarm.protocol import (
     TaskDone,
     TaskFailed,
     TaskId,
+    UnloadModel,
     VerifyAssign,
     VerifyResult,
     encode,
@@ -70,6 +75,8 @@ class AgentSettings:
     router_url: str
     identity: MinerIdentity
     name: str
+    operator: str = ""
+    """Who runs this miner, declared to the router (empty: undeclared)."""
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 15.0
     handshake_timeout_s: float = 10.0
@@ -108,14 +115,18 @@ class MinerAgent:
         jitter: Callable[[], float] = random.random,
         stats: MinerStats | None = None,
         host: HostMonitor | None = None,
+        models: ModelLoader | None = None,
     ) -> None:
         self._settings = settings
+        self._models = models
+        """Loads and unloads variants when the router asks; None: a fixed model set."""
         self.stats = stats or MinerStats()
         self.host = host or HostMonitor()
         self._engine = engine
         self._hardware = hardware
         self._jitter = jitter
-        self._slots = asyncio.Semaphore(engine.slots)
+        self._slot_count = self._engine_slots()
+        self._slots = asyncio.Semaphore(self._slot_count)
         self._running: dict[TaskId, asyncio.Task[None]] = {}
         self._busy = 0
         self._ws: ClientConnection | None = None
@@ -123,6 +134,7 @@ class MinerAgent:
         self._refusals: set[asyncio.Task[None]] = set()
         self._checks: set[asyncio.Task[None]] = set()
         """Teacher-forced checks for the router, running beside tasks."""
+        self._model_changes: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
         self.parked = False
         """Standby autoscaling parked this miner: it only heartbeats, slowly."""
@@ -151,9 +163,25 @@ class MinerAgent:
             engine=self._engine.name,
             hardware=self._hardware,
             models=self._engine.offers(),
-            slots=self._engine.slots,
+            slots=self._engine_slots(),
             claimed_tokens_per_s=self._engine.claimed_tokens_per_s(),
             software_version=__version__,
+            operator=self._settings.operator,
+            loadable=self._models.loadable() if self._models else (),
+        )
+
+    def _engine_slots(self) -> int:
+        # A fault wrapper copies the slot count once; the loader's engine has the live one.
+        return self._models.engine.slots if self._models else self._engine.slots
+
+    def models_changed(self, error: str = "") -> ModelsChanged:
+        """What the miner serves, loads and could load now."""
+        return ModelsChanged(
+            models=self._engine.offers(),
+            loading=self._models.loading if self._models else (),
+            loadable=self._models.loadable() if self._models else (),
+            error=error,
+            slots=self._engine_slots(),
         )
 
     async def run_forever(self) -> None:
@@ -247,6 +275,62 @@ class MinerAgent:
             running = self._running.get(message.task_id)
             if running is not None:
                 running.cancel()
+        elif isinstance(message, LoadModel | UnloadModel):
+            change = self._load if isinstance(message, LoadModel) else self._unload
+            self._model_changes.add(task := asyncio.create_task(change(ws, message.name)))
+            task.add_done_callback(self._model_changes.discard)
+
+    async def _load(self, ws: ClientConnection, name: ModelName) -> None:
+        """Load off the request path; the router hears of the model once it is ready."""
+        if self._models is None:
+            await self._tell(ws, f"this miner cannot load models on request ({name})")
+            return
+        try:
+            loading = asyncio.create_task(self._models.load(name))
+            await asyncio.sleep(0)  # let the load start, so the notice lists it as loading
+            if not loading.done():
+                await self._tell(ws)
+            await loading
+        except LoadRefused as exc:
+            log.warning("cannot load %s: %s", name, exc)
+            await self._tell(ws, str(exc))
+            return
+        self._resize_slots()
+        await self._tell(ws)
+
+    async def _unload(self, ws: ClientConnection, name: ModelName) -> None:
+        """Stop offering at once; free the model when its running tasks end."""
+        if self._models is None:
+            await self._tell(ws, f"this miner cannot unload models on request ({name})")
+            return
+        try:
+            self._models.withdraw(name)
+        except LoadRefused as exc:
+            log.warning("cannot unload %s: %s", name, exc)
+            await self._tell(ws, str(exc))
+            return
+        self._resize_slots()
+        await self._tell(ws)
+        await self._models.release(name)
+        await self._tell(ws)  # its memory is free: more may be loadable now
+
+    async def _tell(self, ws: ClientConnection, error: str = "") -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(encode(self.models_changed(error)))
+
+    def _resize_slots(self) -> None:
+        """Admit as many tasks as the engines serving now can run."""
+        count = self._engine_slots()
+        change, self._slot_count = count - self._slot_count, count
+        for _ in range(change):
+            self._slots.release()
+        if change < 0:  # take the permits back as running tasks hand them in
+            self._model_changes.add(task := asyncio.create_task(self._hold_slots(-change)))
+            task.add_done_callback(self._model_changes.discard)
+
+    async def _hold_slots(self, count: int) -> None:
+        for _ in range(count):
+            await self._slots.acquire()
 
     def _refusal(self, task: TaskAssign) -> TaskFailed | None:
         if self.draining:  # assigned before the router heard we are leaving

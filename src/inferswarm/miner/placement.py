@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inferswarm.miner.catalog import CatalogEntry
-from inferswarm.protocol import HardwareProfile, precision_bits
+from inferswarm.protocol import Capability, HardwareProfile, precision_bits
 
 SAFETY_MARGIN = 0.20
 """Share of memory (RAM and VRAM) kept free for the OS, other work and spikes."""
@@ -31,6 +31,13 @@ class SpeedReference:
 
     def estimate(self, file_bytes: int) -> float:
         return self.generation_tokens_per_s * self.file_bytes / max(1, file_bytes)
+
+
+def speed_reference(file_bytes: int, capability: Capability | None) -> SpeedReference | None:
+    """The reference from one measured model: its file size and generation speed."""
+    if capability is None or file_bytes <= 0 or capability.generation_tokens_per_s <= 0:
+        return None
+    return SpeedReference(file_bytes, capability.generation_tokens_per_s)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ class PlacedModel:
     memory_bytes: int
     gpu_layers: int
     estimated_tokens_per_s: float | None
+
+    def load_plan(self) -> LoadPlan:
+        vram = _gpu_share(self)
+        return LoadPlan(self.gpu_layers, self.memory_bytes - vram, vram)
 
 
 @dataclass(frozen=True)
@@ -71,9 +82,8 @@ def plan_placement(
     what memory is left and meets ``limits.min_tokens_per_s``; if none is
     fast enough, the fastest that fits. With GPUs, variants that fit wholly
     in VRAM come first."""
-    keep = 1 - limits.margin
-    ram_left = int(_ram_for_models(hardware, limits) * keep)
-    vram_left = int(sum(gpu.memory_bytes for gpu in hardware.gpus) * keep)
+    ram_left = memory_budget(hardware, limits)
+    vram_left = int(sum(gpu.memory_bytes for gpu in hardware.gpus) * (1 - limits.margin))
     budgets = (ram_left, vram_left)
     placed: list[PlacedModel] = []
     skipped: list[tuple[str, str]] = []
@@ -109,7 +119,7 @@ def _choose_variant(
     rejected: list[tuple[CatalogEntry, str]] = []
     for entry in variants:
         need = entry.memory_bytes(limits.context_length, limits.slots)
-        layers = _gpu_layers(entry, need, vram_left)
+        layers = _gpu_layers(entry.layers, need, vram_left)
         in_ram = need - _share(need, layers, entry.layers)
         if in_ram > ram_left:
             rejected.append((entry, f"needs {_mib(in_ram)} of RAM, {_mib(max(0, ram_left))} left"))
@@ -125,13 +135,54 @@ def _choose_variant(
         if model.estimated_tokens_per_s is None or (
             model.estimated_tokens_per_s >= limits.min_tokens_per_s
         ):
-            slower = [(m.entry, "a more precise variant fits") for m in fitting if m is not model]
-            return _Choice(model, (*rejected, *slower))
+            others = [(m.entry, _why_not(m, model, fitting)) for m in fitting if m is not model]
+            return _Choice(model, (*rejected, *others))
     if not fitting:
         return _Choice(None, tuple(rejected))
     fastest = max(fitting, key=lambda m: m.estimated_tokens_per_s or 0.0)
     slower = [(m.entry, "below the minimum speed") for m in fitting if m is not fastest]
     return _Choice(fastest, (*rejected, *slower))
+
+
+def memory_budget(hardware: HardwareProfile, limits: PlacementLimits) -> int:
+    """RAM the miner's models may take together: the memory limit (or the RAM
+    available) less the safety margin."""
+    return int(_ram_for_models(hardware, limits) * (1 - limits.margin))
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Where one served or loading variant's memory is: its layers on the GPUs
+    and the bytes it takes of RAM and of VRAM."""
+
+    gpu_layers: int
+    ram_bytes: int
+    vram_bytes: int = 0
+
+
+def plan_load(
+    name: str, need_bytes: int, layers: int, ram_free: int, vram_free: int = 0
+) -> LoadPlan | str:
+    """Where a variant loaded on request goes: as many of its ``layers`` on the
+    GPUs as their free VRAM holds, the rest in RAM. A string says why it does
+    not fit."""
+    gpu_layers = _gpu_layers(layers, need_bytes, vram_free)
+    vram = _share(need_bytes, gpu_layers, layers)
+    ram = need_bytes - vram
+    if ram <= ram_free:
+        return LoadPlan(gpu_layers, ram, vram)
+    beside = f" beside {_mib(vram)} on the GPU" if vram else ""
+    return (
+        f"{name} needs ~{_mib(ram)} of RAM{beside} and only {_mib(max(0, ram_free))} of this "
+        "miner's model memory is free; unload a model first, or restart the miner with a "
+        "larger --memory-limit"
+    )
+
+
+def _why_not(model: PlacedModel, chosen: PlacedModel, fitting: list[PlacedModel]) -> str:
+    if fitting.index(model) > fitting.index(chosen):
+        return "a more precise variant fits"
+    return f"below the minimum speed (~{model.estimated_tokens_per_s or 0:.1f} tokens/s estimated)"
 
 
 def _ram_for_models(hardware: HardwareProfile, limits: PlacementLimits) -> int:
@@ -141,13 +192,13 @@ def _ram_for_models(hardware: HardwareProfile, limits: PlacementLimits) -> int:
     return min(limits.memory_limit_bytes, available)
 
 
-def _gpu_layers(entry: CatalogEntry, need: int, vram_left: int) -> int:
+def _gpu_layers(layers: int, need: int, vram_left: int) -> int:
     """All layers when the variant fits the free VRAM, else the share that does."""
-    if vram_left <= 0 or entry.layers <= 0:
+    if vram_left <= 0 or layers <= 0:
         return 0
     if need <= vram_left:
-        return entry.layers
-    return entry.layers * vram_left // need
+        return layers
+    return layers * vram_left // need
 
 
 def _share(need: int, gpu_layers: int, layers: int) -> int:

@@ -120,6 +120,9 @@ class Register(_Message):
     loadable: tuple[ModelOffer, ...] = ()
     """Variants the miner has on disk and could load on request (``LoadModel``),
     besides the ``models`` it serves now."""
+    operator: str = Field(default="", max_length=128)
+    """Who runs this miner, as it declares (empty: undeclared). Redundant runs
+    prefer miners of distinct operators; undeclared miners count as distinct."""
 
 
 class Challenge(_Message):
@@ -193,6 +196,8 @@ class ModelsChanged(_Message):
     loading: tuple[ModelName, ...] = ()
     loadable: tuple[ModelOffer, ...] = ()
     error: str = ""
+    slots: int | None = Field(default=None, ge=1)
+    """Tasks the miner runs at once with these models; None: unchanged."""
 
 
 class GpuUsage(_Message):

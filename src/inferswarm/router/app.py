@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferswarm import __version__
+from inferswarm.openai_compat.schemas import InferswarmOptions
 from inferswarm.protocol import MinerId, TaskChunk, TaskDone
 from inferswarm.router.access import AccessControl, load_or_create_secret
 from inferswarm.router.admission import WaitQueue
@@ -25,6 +26,7 @@ from inferswarm.router.api import (
     dashboard,
     files,
     jobs,
+    miner_models,
     miners,
     models,
     network,
@@ -33,6 +35,7 @@ from inferswarm.router.api.auth import require_admin, require_api_key
 from inferswarm.router.api.body_limit import BodySizeLimit
 from inferswarm.router.api.draining import RefuseWhileDraining
 from inferswarm.router.api.errors import install_error_handlers
+from inferswarm.router.completion import Runner
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.events import EventKind
 from inferswarm.router.gateway import serve_miner
@@ -47,7 +50,7 @@ from inferswarm.router.settings import RouterSettings
 from inferswarm.router.usage_limits import UsageLimiter
 from inferswarm.router.verify.consensus import Consensus, Verdict
 from inferswarm.router.verify.reputation import Outcome, Standing
-from inferswarm.router.verify.service import Verifier
+from inferswarm.router.verify.service import Reports, Verifier
 from inferswarm.router.verify.teacher import TeacherVerdict
 from inferswarm.storage import BlobDir, Store
 from inferswarm.storage.sql import open_store
@@ -74,6 +77,22 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         metrics: RouterMetrics = app.state.metrics
         return metrics.measured(app.state.dispatcher, job)
 
+    def checked(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """Batch and map-reduce tasks, spot-checked at the router's rate; a
+        checked task waits for its verdict (nobody watches it stream)."""
+        verifier: Verifier = app.state.verifier
+        return verifier.checked(job, measured(job))
+
+    def batch_runner_for(options: InferswarmOptions | None) -> tuple[Runner, Reports]:
+        """A batch line runs as a request would: on k miners with consensus
+        when it (or the router) asks for redundancy, else spot-checked."""
+        verifier: Verifier = app.state.verifier
+        k, consensus = verifier.options(
+            options.redundancy if options else None, options.consensus if options else None
+        )
+        reports: Reports = {}
+        return (checked if k <= 1 else verifier.redundant_runner(k, consensus, reports)), reports
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -91,11 +110,12 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
             settings.batch_share,
             retry_delay_s=settings.task_retry_delay_s,
             max_attempts=settings.task_max_attempts,
-            run=measured,
+            run=checked,
+            runner_for=batch_runner_for,
         )
         app.state.batch_runner = runner
         await runner.start()
-        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry, run=measured)
+        app.state.job_runner = MapReduceRunner(store, app.state.dispatcher, registry, run=checked)
         await app.state.job_runner.start()
         await app.state.verifier.start(store)
         watchdog = asyncio.create_task(_expire_silent_miners(registry, settings, app.state.queue))
@@ -132,6 +152,7 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     app.state.started_at = time.time()
     app.state.draining = False
     app.state.metrics = RouterMetrics(registry, app.state.queue, deps.wall_clock)
+    app.state.verifier = _verifier(app, settings, registry)
     app.state.network = NetworkView(
         registry,
         app.state.metrics,
@@ -139,8 +160,8 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
         deps.clock,
         deps.wall_clock,
         settings.policy.value,
+        verification=app.state.verifier.summary,
     )
-    app.state.verifier = _verifier(app, settings, registry)
     tokens = JoinTokens(lambda: None if settings.open_join else app.state.access)
     app.state.autoscaler = build_autoscaler(
         settings, registry, app.state.metrics, deps.clock, deps.wall_clock, tokens
@@ -157,7 +178,8 @@ def create_app(settings: RouterSettings, deps: RouterDeps | None = None) -> Fast
     apis = (completions, models, miners, files, batches, jobs, network, autoscale)
     for api in (module.router for module in apis):
         app.include_router(api, dependencies=authed)
-    app.include_router(admin.router, dependencies=[Depends(require_admin)])
+    for api in (admin.router, miner_models.router):
+        app.include_router(api, dependencies=[Depends(require_admin)])
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static, name="dashboard-static")
 

@@ -156,6 +156,8 @@ def check_model(
             param="inferswarm.min_precision",
             code="model_not_found",
         )
+    if not resolution.variants and registry.coming(model, min_precision):
+        return  # the request waits while the autoscaler has a miner load the model
     if not resolution.variants:
         available = ", ".join(sorted(served)) or "none (no miner is connected)"
         raise NotFound(

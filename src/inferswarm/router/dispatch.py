@@ -57,11 +57,14 @@ from inferswarm.router.schedule import (
     choose_miner,
 )
 from inferswarm.router.verify.reputation import Outcome
+from inferswarm.storage import ResultPurpose
 
 log = logging.getLogger(__name__)
 
 
 RETRY_BACKOFF_S = 0.05
+MODEL_RECHECK_S = 1.0
+"""While a model is being loaded for a request: how often it looks again."""
 MIN_PROGRESS_DEADLINE_S = 10.0
 PROGRESS_DEADLINE_TOKENS = 100
 """A stream that stalls for this many of its miner's token times has stalled."""
@@ -95,6 +98,9 @@ class Job:
     session: str | None = None
     policy: Policy | None = None
     hedge: bool = False
+    purpose: ResultPurpose = ResultPurpose.REQUEST
+    """Why it runs, kept in the result ledger. Never sent to the miner: one that
+    could tell a check from a request could behave well only when checked."""
     avoid: frozenset[MinerId] = frozenset()
     """Miners this job must not run on (a spot check avoids the miner it checks)."""
     claimed: set[MinerId] | None = None
@@ -202,7 +208,10 @@ class Dispatcher:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self._capacity = asyncio.Event()
+        """Set (and replaced) whenever capacity frees up, a loaded model included."""
         registry.on_capacity(queue.wake)
+        registry.on_capacity(self._capacity_changed)
 
     @property
     def policy(self) -> Policy:
@@ -322,13 +331,20 @@ class Dispatcher:
         ticket = self._queue.ticket()
         if self._queue.has_waiters():
             await self._wait(job, ticket, trace)
+        loaded_by: float | None = None
         while True:
             decision = self._decide(job, placement, tried)
             if decision.miner_id is not None:
                 return decision.miner_id
-            if not decision.saturated:
+            if decision.saturated:
+                await self._wait(job, ticket, trace)
+            elif self._coming(job):
+                if loaded_by is None:
+                    loaded_by = self._clock() + self._queue.timeout_s
+                    self._registry.want(job.model)  # the autoscaler places it now
+                await self._wait_for_model(job, loaded_by, trace)
+            else:
                 break
-            await self._wait(job, ticket, trace)
         if failures:
             raise UpstreamFailed(
                 f"the request failed on {len(tried)} miners: {'; '.join(failures)}; "
@@ -340,6 +356,35 @@ class Dispatcher:
             code="no_miner_available",
             headers={"Retry-After": "1"},
         )
+
+    def _capacity_changed(self, slots: int) -> None:
+        self._capacity.set()
+        self._capacity = asyncio.Event()
+
+    def _coming(self, job: Job) -> bool:
+        try:
+            return self._registry.coming(job.model, job.min_precision)
+        except UnknownPrecision:
+            return False
+
+    async def _wait_for_model(self, job: Job, deadline: float, trace: Trace) -> None:
+        """No live miner serves the job's model yet, but one is about to load it:
+        wait for capacity to change (not in the queue, whose wakes are for free
+        slots), looking again every MODEL_RECHECK_S in case the load failed."""
+        started = self._clock()
+        if started >= deadline:
+            raise ServiceUnavailable(
+                f"No miner finished loading a variant of '{job.model}' within "
+                f"{self._queue.timeout_s:g} s. Retry later; the router's events say why.",
+                code="model_loading",
+                headers={"Retry-After": "5"},
+            )
+        try:
+            with contextlib.suppress(TimeoutError):
+                wait_s = min(MODEL_RECHECK_S, deadline - started)
+                await asyncio.wait_for(self._capacity.wait(), wait_s)
+        finally:
+            trace.queue_wait_s += self._clock() - started
 
     async def _wait(self, job: Job, ticket: int, trace: Trace) -> None:
         started = self._clock()
@@ -380,7 +425,12 @@ class Dispatcher:
         )
         expected = job.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
         queue = await self._registry.start_task(
-            miner_id, task, expected_tokens=expected, prefix=placement.prefix, session=job.session
+            miner_id,
+            task,
+            expected_tokens=expected,
+            prefix=placement.prefix,
+            session=job.session,
+            purpose=job.purpose,
         )
         produced = False
         finished = False

@@ -1,5 +1,5 @@
 """What happened in the network lately: joins, leaves, bans, migrations,
-hedges, failovers, failed verifications, quarantines. A bounded log for ``/v1/network``, the dashboard and
+hedges, failovers, failed verifications, quarantines, model loads and unloads. A bounded log for ``/v1/network``, the dashboard and
 ``inferswarm status``, with a running total per kind for ``/metrics``."""
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ class EventKind(StrEnum):
     """A quarantined miner passed its canaries and is back on probation."""
     SCALE = "scale"
     """The autoscaler changed the miner count (not about one miner)."""
+    MODEL_LOAD = "model_load"
+    """A miner loaded a variant (at the router's request) and serves it now."""
+    MODEL_UNLOAD = "model_unload"
+    """A miner stopped serving a variant."""
+    MODEL_ERROR = "model_error"
+    """A miner could not load or unload a variant it was asked to."""
 
 
 @dataclass(frozen=True, slots=True)

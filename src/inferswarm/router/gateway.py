@@ -58,7 +58,8 @@ async def serve_miner(
         except Exception:
             log.debug("closing miner socket %s failed; already closed", info.miner_id)
 
-    conn = await registry.add(info, websocket.send_text, close)
+    peer = websocket.client.host if websocket.client else ""
+    conn = await registry.add(info, websocket.send_text, close, address=peer)
     reason = "the connection closed"
     try:
         await websocket.send_text(

@@ -68,6 +68,12 @@ EVENT_COUNTERS = {
         "Tasks retried on another miner after failing before any output.",
     ),
     EventKind.SCALE: ("inferswarm_scale_changes", "Miner count changes by the autoscaler."),
+    EventKind.MODEL_LOAD: ("inferswarm_model_loads", "Variants a miner loaded while connected."),
+    EventKind.MODEL_UNLOAD: ("inferswarm_model_unloads", "Variants a miner stopped serving."),
+    EventKind.MODEL_ERROR: (
+        "inferswarm_model_change_failures",
+        "Loads or unloads a miner could not do.",
+    ),
 }
 
 TIMELINE_COUNTERS = ("requests", "errors", "prompt_tokens", "generation_tokens")

@@ -38,13 +38,16 @@ class NetworkView:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         policy: str,
+        verification: Callable[[], dict[str, Any]] = dict,
     ) -> None:
+        """``verification`` gives the network-wide verification state."""
         self._registry = registry
         self._metrics = metrics
         self._queue = queue
         self._clock = clock
         self._wall_clock = wall_clock
         self._policy = policy
+        self._verification = verification
         self._started_at = wall_clock()
 
     def snapshot(self, series_s: int = SERIES_SECONDS) -> dict[str, Any]:
@@ -87,6 +90,7 @@ class NetworkView:
                 wall, SUMMARY_SECONDS, TIMELINE_COUNTERS, TIMELINE_LATENCIES
             ),
             "totals": {kind.value: totals[kind] for kind in sorted(totals)},
+            "verification": self._verification(),
         }
 
     def _series(self, seconds: int) -> list[dict[str, float | None]]:
@@ -95,6 +99,8 @@ class NetworkView:
         )
 
     def _models(self) -> list[dict[str, Any]]:
+        served = self._registry.served_models()
+        loadable = self._registry.loadable_models()
         return [
             {
                 "id": model,
@@ -102,8 +108,9 @@ class NetworkView:
                 "slots": sum(c.info.slots for c in conns),
                 "busy_slots": sum(len(c.tasks) for c in conns),
                 "tokens_per_s": round(sum(c.tokens_per_s or 0.0 for c in conns), 1),
+                "loadable_on": len(loadable.get(model, ())),
             }
-            for model, conns in sorted(self._registry.served_models().items())
+            for model, conns in sorted(served.items())
         ]
 
     def _miner(self, conn: MinerConnection, now: float) -> dict[str, Any]:
@@ -116,6 +123,8 @@ class NetworkView:
             "banned": self._registry.is_banned(conn.miner_id),
             "engine": info.engine,
             "models": [offer.name for offer in info.models],
+            "loading": list(conn.loading),
+            "loadable": [offer.name for offer in info.loadable],
             "hardware": info.hardware.model_dump(),
             "hardware_summary": info.hardware.summary(),
             "tier": conn.tier,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from inferswarm.protocol import (
     Draining,
     Heartbeat,
+    LoadModel,
     MinerId,
     ModelName,
     ModelOffer,
@@ -30,6 +31,7 @@ from inferswarm.protocol import (
     TaskDone,
     TaskFailed,
     TaskId,
+    UnloadModel,
     VerifyAssign,
     VerifyResult,
     encode,
@@ -42,6 +44,7 @@ from inferswarm.router.events import EventKind, EventLog
 from inferswarm.router.schedule import MinerState, MinerView, Snapshot, tier_for
 from inferswarm.router.verify.book import ReputationBook
 from inferswarm.router.verify.reputation import Outcome
+from inferswarm.storage import ResultPurpose
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,38 @@ BAN_MAX_S = 300.0
 """A failing miner is banned for BAN_BASE_S, doubling on each repeat up to
 BAN_MAX_S (Petals' rule); a success after the ban resets it."""
 
+LOAD_TIMEOUT_S = 600.0
+"""How long ``request_load`` waits for a miner to load a variant (a large file
+from a slow disk, plus its first benchmark)."""
+
 TTFT_WINDOW = 500
 MIN_TTFT_SAMPLES = 20
 """TTFTs kept per tier for the hedging delay, and how many it needs."""
 
 CapacityListener = Callable[[int], None]
-ResultListener = Callable[["MinerConnection", TaskDone], None]
+ResultListener = Callable[["MinerConnection", TaskDone, ResultPurpose], None]
 """Told of every result whose signature verified (the ledger writes it)."""
+
+
+class ModelChangeError(Exception):
+    """A load or unload asked of a miner did not happen; the message says why
+    and what to do. ``code`` is one of ``miner_not_found``, ``model_not_loadable``,
+    ``model_not_loaded``, ``last_model``, ``miner_refused``, ``miner_lost`` and
+    ``load_timeout``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(eq=False)
+class _ModelWait:
+    """A caller waiting for a miner to load (``offer``) or unload a variant."""
+
+    name: ModelName
+    load: bool
+    done: asyncio.Future[ModelOffer | None]
 
 
 @dataclass
@@ -90,6 +118,7 @@ class TaskInFlight:
     concurrency: int
     model_hash: str = ""
     """The file hash the miner offered for the task's model when it was assigned."""
+    purpose: ResultPurpose = ResultPurpose.REQUEST
     first_token_at: float | None = None
     tokens: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -110,6 +139,9 @@ class MinerConnection:
     connected_at: float
     last_seen: float
     state: MinerState = MinerState.LIVE
+    address: str = ""
+    """The IP address the miner connected from (its WebSocket peer); empty when
+    unknown. Redundant runs treat miners of one network as one operator."""
     heartbeat: Heartbeat | None = None
     last_heartbeat_at: float | None = None
     silence_allowed_s: float | None = None
@@ -121,6 +153,11 @@ class MinerConnection:
     failed: int = 0
     generated_tokens: int = 0
     speed: SpeedTracker = field(init=False)
+    loading: tuple[ModelName, ...] = ()
+    """Variants the miner is loading at the router's request (not offered yet)."""
+    unloading: set[ModelName] = field(default_factory=set)
+    """Variants the router asked it to unload: no new tasks, whatever it still says."""
+    model_waits: list[_ModelWait] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         capability = next((m.capability for m in self.info.models if m.capability), None)
@@ -202,6 +239,9 @@ class MinerRegistry:
         self.bans: dict[MinerId, Ban] = {}
         self.events = EventLog(wall_clock)
         self._ttft_by_tier: dict[int, deque[float]] = {}
+        self.places_models = False
+        """Set when the autoscaler loads models nobody serves onto miners that can."""
+        self._want_listeners: list[Callable[[str], None]] = []
 
     @property
     def migrations(self) -> int:
@@ -301,14 +341,41 @@ class MinerRegistry:
             if offer.name == name
         ]
 
-    async def add(self, info: Register, send: SendFrame, close: CloseConnection) -> MinerConnection:
+    def on_want(self, listener: Callable[[str], None]) -> None:
+        """Be told when a request starts waiting for a model that is ``coming``."""
+        self._want_listeners.append(listener)
+
+    def want(self, model: str) -> None:
+        for listener in self._want_listeners:
+            listener(model)
+
+    def coming(self, model: str, min_precision: str | None = None) -> bool:
+        """Whether no live miner serves ``model`` (a family: any variant) but one
+        soon may: while the autoscaler places models, a connected miner is loading
+        a variant of it, can load one, or is parked serving one. A request for it
+        waits instead of being refused."""
+        if not self.places_models or resolve_variants(model, self.served_models()).variants:
+            return False
+        able = set(self.loading_models()) | {
+            offer.name
+            for conn in self._miners.values()
+            if conn.state in (MinerState.LIVE, MinerState.PARKED)
+            for offer in (*conn.info.loadable, *conn.info.models)
+        }
+        return bool(resolve_variants(model, able, min_precision).variants)
+
+    async def add(
+        self, info: Register, send: SendFrame, close: CloseConnection, address: str = ""
+    ) -> MinerConnection:
         """Register a miner; a reconnecting miner replaces its stale connection."""
         stale = self._miners.get(info.miner_id)
         if stale is not None:
             await self.remove(stale, "the miner reconnected on a new connection")
             await stale.close("replaced by a newer connection from the same miner")
         now = self._clock()
-        conn = MinerConnection(info=info, send=send, close=close, connected_at=now, last_seen=now)
+        conn = MinerConnection(
+            info=info, send=send, close=close, connected_at=now, last_seen=now, address=address
+        )
         self._miners[info.miner_id] = conn
         log.info("miner %s (%s) joined with %d slots", info.miner_id, info.name, info.slots)
         models = ", ".join(offer.name for offer in info.models)
@@ -330,6 +397,9 @@ class MinerRegistry:
         for check in conn.checks.values():
             if not check.done():
                 check.set_exception(ConnectionError(lost.reason))
+        for wait in conn.model_waits:
+            _settle(wait, ModelChangeError("miner_lost", f"{lost.reason}; ask another miner"))
+        conn.model_waits.clear()
 
     def on_message(
         self,
@@ -349,7 +419,7 @@ class MinerRegistry:
                 waiting.set_result(message)
             return
         if isinstance(message, ModelsChanged):
-            log.info("miner %s changed its models; not acted on yet", conn.miner_id)
+            self._models_changed(conn, message)
             return
         if isinstance(message, Heartbeat):
             conn.heartbeat = message
@@ -388,7 +458,7 @@ class MinerRegistry:
                     del self.bans[conn.miner_id]  # served well again: the next ban starts short
                 self.book.record(conn.miner_id, Outcome.COMPLETED)
                 for listener in self._result_listeners:
-                    listener(conn, message)
+                    listener(conn, message, task.purpose)
             else:
                 conn.failed += 1
             self._freed(1)
@@ -409,6 +479,159 @@ class MinerRegistry:
             retryable=True,
         )
 
+    def loadable_models(self) -> dict[ModelName, list[MinerConnection]]:
+        """Per variant, the connected miners (parked ones too) that could load it
+        now and do not serve it."""
+        loadable: dict[ModelName, list[MinerConnection]] = {}
+        for conn in self._miners.values():
+            if conn.state in (MinerState.LIVE, MinerState.PARKED):
+                for offer in conn.info.loadable:
+                    loadable.setdefault(offer.name, []).append(conn)
+        return loadable
+
+    def loading_models(self) -> dict[ModelName, list[MinerConnection]]:
+        """Per variant, the miners asked to load it that do not serve it yet
+        (for an autoscaler: capacity on its way)."""
+        loading: dict[ModelName, list[MinerConnection]] = {}
+        for conn in self._miners.values():
+            asked = {w.name for w in conn.model_waits if w.load}
+            for name in dict.fromkeys([*conn.loading, *sorted(asked)]):
+                loading.setdefault(name, []).append(conn)
+        return loading
+
+    async def request_load(
+        self, miner_id: MinerId, name: ModelName, timeout_s: float = LOAD_TIMEOUT_S
+    ) -> ModelOffer:
+        """Ask a miner to load one of its ``loadable`` variants and wait until it
+        serves it (the miner loads off its request path; tasks for the variant
+        go to it only from then on). Returns the miner's offer; raises
+        ``ModelChangeError``. A variant already served returns at once; one
+        already loading is waited for, not asked again."""
+        conn = self._connection(miner_id)
+        served = next((o for o in conn.info.models if o.name == name), None)
+        if served is not None and name not in conn.unloading:
+            return served
+        pending = any(w.load and w.name == name for w in conn.model_waits)
+        if not pending and name not in conn.loading:
+            self._check_loadable(conn, name)
+        wait = self._wait_for(conn, name, load=True)
+        if not pending and name not in conn.loading:
+            await _send_quietly(conn, encode(LoadModel(name=name)))
+        offer = await self._finish(conn, wait, timeout_s, f"load {name}")
+        assert offer is not None
+        return offer
+
+    async def request_unload(
+        self, miner_id: MinerId, name: ModelName, timeout_s: float = 30.0
+    ) -> None:
+        """Stop sending a miner tasks for ``name`` now and ask it to unload the
+        variant; its running tasks finish first. Returns once the miner has
+        stopped offering it; raises ``ModelChangeError``."""
+        conn = self._connection(miner_id)
+        served = [o.name for o in conn.info.models]
+        if name not in served:
+            raise ModelChangeError(
+                "model_not_loaded",
+                f"miner {conn.info.name} ({miner_id}) does not serve {name}; "
+                f"it serves {', '.join(served) or 'nothing'}",
+            )
+        if len(served) == 1:
+            raise ModelChangeError(
+                "last_model",
+                f"{name} is the only model miner {conn.info.name} serves; load another "
+                "variant on it first, or stop the miner",
+            )
+        conn.unloading.add(name)
+        conn.info = conn.info.model_copy(
+            update={"models": tuple(o for o in conn.info.models if o.name != name)}
+        )
+        wait = self._wait_for(conn, name, load=False)
+        await _send_quietly(conn, encode(UnloadModel(name=name)))
+        await self._finish(conn, wait, timeout_s, f"unload {name}")
+
+    def _connection(self, miner_id: MinerId) -> MinerConnection:
+        conn = self._miners.get(miner_id)
+        if conn is None:
+            raise ModelChangeError(
+                "miner_not_found",
+                f"no miner {miner_id!r} is connected; `inferswarm status` lists the miners",
+            )
+        return conn
+
+    def _check_loadable(self, conn: MinerConnection, name: ModelName) -> None:
+        if any(o.name == name for o in conn.info.loadable):
+            return
+        could = ", ".join(o.name for o in conn.info.loadable) or "nothing (its memory is full)"
+        raise ModelChangeError(
+            "model_not_loadable",
+            f"miner {conn.info.name} ({conn.miner_id}) cannot load {name} now: it has no such "
+            f"file or not enough free memory. It could load: {could}",
+        )
+
+    def _wait_for(self, conn: MinerConnection, name: ModelName, *, load: bool) -> _ModelWait:
+        wait = _ModelWait(name, load, asyncio.get_running_loop().create_future())
+        conn.model_waits.append(wait)
+        return wait
+
+    async def _finish(
+        self, conn: MinerConnection, wait: _ModelWait, timeout_s: float, what: str
+    ) -> ModelOffer | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(wait.done), timeout_s)
+        except TimeoutError:
+            raise ModelChangeError(
+                "load_timeout",
+                f"miner {conn.info.name} did not {what} within {timeout_s:g} s; "
+                "see the miner's log",
+            ) from None
+        finally:
+            if wait in conn.model_waits:
+                conn.model_waits.remove(wait)
+
+    def _models_changed(self, conn: MinerConnection, message: ModelsChanged) -> None:
+        before = {o.name for o in conn.info.models} | conn.unloading
+        offered = {o.name for o in message.models}
+        conn.unloading &= offered  # the miner has let go of the others
+        # An unload the miner refused: it serves that variant again.
+        conn.unloading -= {n for n in conn.unloading if _concerns(message.error, n, conn)}
+        models = tuple(o for o in message.models if o.name not in conn.unloading)
+        slots = message.slots or conn.info.slots
+        conn.info = conn.info.model_copy(
+            update={"models": models, "loadable": message.loadable, "slots": slots}
+        )
+        conn.speed.slots = slots
+        conn.loading = message.loading
+        after = {o.name for o in models}
+        for name in sorted(after - before):
+            self.note(EventKind.MODEL_LOAD, conn.miner_id, f"loaded {name}; serving it now")
+        for name in sorted(before - after):
+            self.note(EventKind.MODEL_UNLOAD, conn.miner_id, f"unloaded {name}")
+        if message.error:
+            log.warning("miner %s: %s", conn.miner_id, message.error)
+            self.note(EventKind.MODEL_ERROR, conn.miner_id, message.error)
+        for wait in list(conn.model_waits):
+            self._resolve(conn, wait, message, models)
+        if after - before:
+            self._freed(slots)
+
+    def _resolve(
+        self,
+        conn: MinerConnection,
+        wait: _ModelWait,
+        message: ModelsChanged,
+        models: tuple[ModelOffer, ...],
+    ) -> None:
+        offer = next((o for o in models if o.name == wait.name), None)
+        if wait.load and offer is not None:
+            _settle(wait, offer)
+        elif not wait.load and wait.name not in {o.name for o in message.models}:
+            _settle(wait, None)
+        elif _concerns(message.error, wait.name, conn) and wait.name not in message.loading:
+            _settle(wait, ModelChangeError("miner_refused", message.error))
+        else:
+            return
+        conn.model_waits.remove(wait)
+
     async def start_task(
         self,
         miner_id: MinerId,
@@ -417,6 +640,7 @@ class MinerRegistry:
         expected_tokens: int,
         prefix: tuple[int, ...] = (),
         session: str | None = None,
+        purpose: ResultPurpose = ResultPurpose.REQUEST,
     ) -> asyncio.Queue[TaskEvent]:
         conn = self._miners[miner_id]
         queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
@@ -426,6 +650,7 @@ class MinerRegistry:
             expected_tokens=expected_tokens,
             concurrency=len(conn.tasks) + 1,
             model_hash=conn.model_hash(task.model),
+            purpose=purpose,
         )
         # A miner that reports its cache keeps its report plus what was sent since.
         reports = conn.heartbeat is not None and conn.heartbeat.prefix_blocks is not None
@@ -508,6 +733,23 @@ class MinerRegistry:
             await self.remove(conn, reason)
             await conn.close(reason)
         return silent
+
+
+def _concerns(error: str, name: ModelName, conn: MinerConnection) -> bool:
+    """Whether a miner's error is about ``name``: it names it, or it is the only
+    change waited for (the message carries no name of its own)."""
+    if not error:
+        return False
+    return name in error or len({w.name for w in conn.model_waits} | conn.unloading) <= 1
+
+
+def _settle(wait: _ModelWait, outcome: ModelOffer | ModelChangeError | None) -> None:
+    if wait.done.done():
+        return
+    if isinstance(outcome, ModelChangeError):
+        wait.done.set_exception(outcome)
+    else:
+        wait.done.set_result(outcome)
 
 
 async def _send_quietly(conn: MinerConnection, frame: str) -> None:

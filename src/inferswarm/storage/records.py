@@ -36,6 +36,21 @@ ACTIVE_BATCH_STATUSES = frozenset(
 )
 
 
+class ResultPurpose(StrEnum):
+    """Why a miner ran the task whose result the ledger holds."""
+
+    REQUEST = "request"
+    """A client's request, batch line or map-reduce task, run once."""
+    REDUNDANT = "redundant"
+    """One of the k copies of a task run with consensus."""
+    SPOT_CHECK = "spot_check"
+    """A re-run of a finished task on another miner, to check it."""
+    REFEREE = "referee"
+    """A third run when a spot check disagreed with the checked result."""
+    CANARY = "canary"
+    """A task of known answer given to a suspect or quarantined miner."""
+
+
 class TaskState(StrEnum):
     PENDING = "pending"
     DONE = "done"
@@ -125,8 +140,8 @@ class ResultRecord:
     signature: str
     public_key: str
     created_at: int
-    purpose: str = "request"
-    """request, redundant, spot_check or canary."""
+    purpose: str = ResultPurpose.REQUEST.value
+    """A ``ResultPurpose`` value."""
     verdict: str | None = None
 
 
@@ -142,6 +157,35 @@ class ReputationRecord:
     canary_passes: int
     passes: int
     fails: int
+    suspicion: float = 0.0
+
+
+@dataclass(frozen=True)
+class CanaryRecord:
+    """A task whose answer verification established, kept to test quarantined
+    miners. ``request`` is the task as the miner saw it (model, prompt or
+    messages, sampling), as JSON; ``sources`` the miners whose agreeing results
+    made the answer, who must never get it as a canary (they could remember it)."""
+
+    id: str
+    model: str
+    model_hash: str
+    request: str
+    answer: str
+    sources: tuple[str, ...]
+    created_at: int
+
+
+@dataclass(frozen=True)
+class CanaryRun:
+    """One canary given to one miner, and whether its answer matched."""
+
+    task_id: str
+    canary_id: str
+    miner_id: str
+    at: int
+    passed: bool | None = None
+    """None until the miner answered (or while it never did)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Row
@@ -39,6 +41,8 @@ from inferswarm.storage.records import (
     BatchRecord,
     BatchStatus,
     BatchTask,
+    CanaryRecord,
+    CanaryRun,
     FileRecord,
     JobRecord,
     JobTask,
@@ -147,6 +151,29 @@ reputations = Table(
     Column("canary_passes", Integer, nullable=False),
     Column("passes", Integer, nullable=False),
     Column("fails", Integer, nullable=False),
+    Column("suspicion", Float, nullable=False, server_default="0"),
+)
+
+canaries = Table(
+    "canaries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(256), nullable=False),
+    Column("model_hash", String(64), nullable=False, index=True),
+    Column("request", Text, nullable=False),
+    Column("answer", Text, nullable=False),
+    Column("sources", JSON, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+canary_runs = Table(
+    "canary_runs",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("canary_id", String(64), nullable=False),
+    Column("miner_id", String(64), nullable=False, index=True),
+    Column("at", BigInteger, nullable=False),
+    Column("passed", Boolean),
 )
 
 api_keys = Table(
@@ -216,7 +243,26 @@ async def open_store(url: str) -> SqlStore:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_add_missing_columns)
     return SqlStore(engine)
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Columns added to an existing table since a store was created (each with a
+    server default), so a router upgraded in place opens its old database."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.server_default is not None:
+                kind = column.type.compile(dialect=conn.dialect)
+                default = column.server_default.arg  # type: ignore[attr-defined]
+                conn.execute(
+                    text(
+                        f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind} '
+                        f"NOT NULL DEFAULT {default}"
+                    )
+                )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -437,6 +483,11 @@ class SqlStore:
     async def get_result(self, task_id: str) -> ResultRecord | None:
         return await self._one(ResultRecord, select(results).where(results.c.task_id == task_id))
 
+    async def count_results(self) -> dict[str, int]:
+        query = select(results.c.purpose, func.count()).group_by(results.c.purpose)
+        async with self.engine.connect() as conn:
+            return {purpose: count for purpose, count in await conn.execute(query)}
+
     async def save_reputation(self, record: ReputationRecord) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -446,6 +497,37 @@ class SqlStore:
 
     async def load_reputations(self) -> list[ReputationRecord]:
         return await self._all(ReputationRecord, select(reputations))
+
+    async def add_canary(self, canary: CanaryRecord, keep: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(canaries).values(**_plain_row(canary)))
+            same_file = canaries.c.model_hash == canary.model_hash
+            newest = (
+                select(canaries.c.id)
+                .where(same_file)
+                .order_by(canaries.c.created_at.desc(), canaries.c.id.desc())
+                .limit(keep)
+            )
+            await conn.execute(
+                canaries.delete().where(same_file, canaries.c.id.not_in(newest.scalar_subquery()))
+            )
+
+    async def canaries(self) -> list[CanaryRecord]:
+        query = select(canaries).order_by(canaries.c.created_at, canaries.c.id)
+        return await self._all(CanaryRecord, query)
+
+    async def record_canary_run(self, run: CanaryRun) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(canary_runs.delete().where(canary_runs.c.task_id == run.task_id))
+            await conn.execute(insert(canary_runs).values(**_plain_row(run)))
+
+    async def canary_runs(self, miner_id: str) -> list[CanaryRun]:
+        query = (
+            select(canary_runs)
+            .where(canary_runs.c.miner_id == miner_id)
+            .order_by(canary_runs.c.at, canary_runs.c.task_id)
+        )
+        return await self._all(CanaryRun, query)
 
     # api keys
 

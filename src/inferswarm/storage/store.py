@@ -11,6 +11,8 @@ from inferswarm.storage.records import (
     BatchRecord,
     BatchStatus,
     BatchTask,
+    CanaryRecord,
+    CanaryRun,
     FileRecord,
     JobRecord,
     JobTask,
@@ -91,10 +93,25 @@ class Store(Protocol):
     async def record_result(self, record: ResultRecord) -> None: ...
     async def set_result_verdict(self, task_id: str, verdict: str) -> None: ...
     async def get_result(self, task_id: str) -> ResultRecord | None: ...
+    async def count_results(self) -> dict[str, int]:
+        """How many results the ledger holds, by purpose."""
+
     async def save_reputation(self, record: ReputationRecord) -> None:
         """Insert or replace the miner's row."""
 
     async def load_reputations(self) -> list[ReputationRecord]: ...
+    async def add_canary(self, canary: CanaryRecord, keep: int) -> None:
+        """Add a canary; keep only the newest ``keep`` of its model file."""
+
+    async def canaries(self) -> list[CanaryRecord]:
+        """Every canary, oldest first."""
+
+    async def record_canary_run(self, run: CanaryRun) -> None:
+        """Insert or replace (by task id) one canary given to a miner."""
+
+    async def canary_runs(self, miner_id: str) -> list[CanaryRun]:
+        """The canaries given to a miner, oldest first."""
+
     # api keys
     async def add_api_key(self, record: ApiKeyRecord) -> None: ...
     async def api_key_by_digest(self, digest: str) -> ApiKeyRecord | None: ...

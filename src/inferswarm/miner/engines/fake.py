@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from inferswarm.miner.engines.base import TaskRejected
+from inferswarm.miner.engines.base import Engine, TaskRejected
+from inferswarm.miner.loading import LoadOption
 from inferswarm.protocol import (
     Capability,
     ModelName,
@@ -53,6 +55,8 @@ class FakeEngineConfig:
     echo_tag: str | None = None
     """Start each answer with ``[tag:last prompt word:seed]``, so a test can see
     which miner ran which task."""
+    memory_bytes: int = 0
+    """The memory the fake model claims to take (for placement and loading)."""
 
 
 class FakeEngine:
@@ -73,6 +77,7 @@ class FakeEngine:
                 file_hash=hashlib.sha256(f"fake:{self.config.model}".encode()).hexdigest(),
                 quantization="fake",
                 capability=self.capability,
+                memory_bytes=self.config.memory_bytes,
             ),
         )
 
@@ -177,3 +182,13 @@ def _count_words(task: TaskAssign) -> int:
     if task.prompt is not None:
         return max(1, len(task.prompt.split()))
     return sum(len(m.content.split()) + 4 for m in task.messages or ())
+
+
+def fake_load_option(config: FakeEngineConfig, load_s: float = 0.0) -> LoadOption:
+    """A fake model the router may ask a miner to load; loading takes ``load_s``."""
+
+    def build(gpu_layers: int) -> Engine:
+        time.sleep(load_s)  # in the loader's worker thread, as a real load blocks
+        return FakeEngine(config)
+
+    return LoadOption(FakeEngine(config).offers()[0], build)

@@ -402,6 +402,15 @@ def _decode_loop(
     return End(finish, original, produced, tuple(logprobs) if logprobs is not None else None)
 
 
+def catalog_offer(config: LlamaConfig) -> ModelOffer:
+    """What an engine for ``config`` will offer, from its catalog entry alone
+    (for a variant not loaded yet)."""
+    entry = config.entry
+    assert entry is not None, "an offer before loading needs the file's catalog entry"
+    name = ModelName(config.model_name or entry.name)
+    return model_offer(config, name, entry.file_sha256, entry.has_chat_template, None)
+
+
 def model_offer(
     config: LlamaConfig,
     name: ModelName,

@@ -2,7 +2,10 @@
 
 Tasks go to the engine serving the task's model. Slots add up: the agent
 admits as many tasks as all engines together can run, and each engine
-bounds its own.
+bounds its own. The set can change while tasks run (the router asks the
+miner to load or unload a variant): ``add`` serves a loaded engine,
+``withdraw`` stops giving a model new tasks at once, and ``release`` waits
+for its running tasks before closing it.
 """
 
 from __future__ import annotations
@@ -31,12 +34,20 @@ class MultiModelEngine:
     def __init__(self, engines: Sequence[Engine]) -> None:
         if not engines:
             raise ValueError("a miner needs at least one model to serve")
-        self.parts = tuple(engines)
         self.name = engines[0].name
-        self.slots = sum(engine.slots for engine in engines)
-        self._by_model: dict[ModelName, Engine] = {
-            offer.name: engine for engine in engines for offer in engine.offers()
-        }
+        self._by_model: dict[ModelName, Engine] = {}
+        self._running: dict[Engine, int] = {}
+        self._idle: dict[Engine, asyncio.Event] = {}
+        self._withdrawn: dict[ModelName, Engine] = {}
+        self.slots = 0
+        """Slots of the engines serving now."""
+        for engine in engines:
+            self.add(engine)
+
+    @property
+    def parts(self) -> tuple[Engine, ...]:
+        """The engines serving now (withdrawn ones excluded)."""
+        return tuple(dict.fromkeys(self._by_model.values()))
 
     @property
     def capability(self) -> Capability | None:
@@ -48,6 +59,36 @@ class MultiModelEngine:
 
     def offers(self) -> tuple[ModelOffer, ...]:
         return tuple(offer for engine in self.parts for offer in engine.offers())
+
+    def add(self, engine: Engine) -> None:
+        """Serve ``engine``'s models from now on."""
+        for offer in engine.offers():
+            self._by_model[offer.name] = engine
+        self._running.setdefault(engine, 0)
+        self.slots = sum(e.slots for e in self.parts)
+
+    def withdraw(self, model: ModelName) -> Engine:
+        """Give ``model`` no new task; its running tasks go on. Raises ``KeyError``
+        when it is not served."""
+        engine = self._by_model.pop(model)
+        self._withdrawn[model] = engine
+        self.slots = sum(e.slots for e in self.parts)
+        return engine
+
+    async def release(self, model: ModelName) -> None:
+        """Close a withdrawn model's engine once its running tasks have ended."""
+        engine = self._withdrawn[model]
+        if self._running.get(engine, 0):
+            await self._idle.setdefault(engine, asyncio.Event()).wait()
+        del self._withdrawn[model]
+        if engine not in self._by_model.values():
+            self._running.pop(engine, None)
+            self._idle.pop(engine, None)
+            await engine.close()
+
+    def held_offers(self) -> tuple[ModelOffer, ...]:
+        """Offers of withdrawn engines still in memory (running their last tasks)."""
+        return tuple(o for e in dict.fromkeys(self._withdrawn.values()) for o in e.offers())
 
     def claimed_tokens_per_s(self) -> float | None:
         claims = [c for e in self.parts if (c := e.claimed_tokens_per_s()) is not None]
@@ -72,9 +113,15 @@ class MultiModelEngine:
 
     async def generate(self, task: TaskAssign) -> AsyncGenerator[TaskChunk | TaskDone, None]:
         engine = self._engine_for(task.model)
-        async with aclosing(engine.generate(task)) as events:
-            async for event in events:
-                yield event
+        self._running[engine] += 1
+        try:
+            async with aclosing(engine.generate(task)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._running[engine] -= 1
+            if not self._running[engine] and engine in self._idle:
+                self._idle[engine].set()
 
     def cached_prefix_blocks(self) -> frozenset[int]:
         """Prefix blocks held by any engine that tracks its cache."""
@@ -88,4 +135,5 @@ class MultiModelEngine:
         return None
 
     async def close(self) -> None:
-        await asyncio.gather(*(engine.close() for engine in self.parts))
+        engines = dict.fromkeys([*self._by_model.values(), *self._withdrawn.values()])
+        await asyncio.gather(*(engine.close() for engine in engines))

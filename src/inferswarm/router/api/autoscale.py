@@ -1,4 +1,5 @@
-"""``GET /v1/autoscale``: the autoscaler's settings and its latest decisions."""
+"""``GET /v1/autoscale``: the autoscaler's settings, its latest decisions, the
+loads it asked of miners (placements) and the models it unloaded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from inferswarm.openai_compat.errors import NotFound
-from inferswarm.router.scale.autoscaler import DECISIONS_KEPT, Autoscaler, DecisionRecord
+from inferswarm.router.scale.autoscaler import (
+    DECISIONS_KEPT,
+    Autoscaler,
+    DecisionRecord,
+    PlacementRecord,
+    UnloadRecord,
+)
 
 router = APIRouter()
 
@@ -29,6 +36,26 @@ async def autoscale_state(
         "policy": dataclasses.asdict(scaler.policy),
         "evaluations": scaler.evaluations,
         "decisions": [_record(r) for r in list(scaler.decisions)[-limit:]],
+        "placements": [_placement(p) for p in list(scaler.placements)[-limit:]],
+        "unloads": [_unload(u) for u in list(scaler.unloads)[-limit:]],
+    }
+
+
+def _unload(record: UnloadRecord) -> dict[str, Any]:
+    return {
+        "evaluation": record.evaluation,
+        "at": record.at,
+        **dataclasses.asdict(record.removal),
+        "outcome": record.outcome,
+    }
+
+
+def _placement(record: PlacementRecord) -> dict[str, Any]:
+    return {
+        "evaluation": record.evaluation,
+        "at": record.at,
+        **dataclasses.asdict(record.load),
+        "outcome": record.outcome,
     }
 
 

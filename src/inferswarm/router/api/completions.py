@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -33,7 +33,7 @@ from inferswarm.router.dispatch import Dispatcher, Job, Trace
 from inferswarm.router.metrics import RouterMetrics
 from inferswarm.router.segment.fanout import merge_streams
 from inferswarm.router.usage_limits import Reservation, counted
-from inferswarm.router.verify.service import Report, Verifier
+from inferswarm.router.verify.service import Reports, Verifier, verification_body
 
 router = APIRouter()
 
@@ -59,7 +59,7 @@ async def chat_completions(request: Request) -> Response:
     finally:
         await settle(request, reservation)
     payload = chat_response(request_id, body, plan, results)
-    return _verified(payload, served_by(traces), reports)
+    return _verified(payload, served_by(traces), reports, plan.jobs)
 
 
 @router.post("/v1/completions", openapi_extra=request_body_schema(schemas.CompletionRequest))
@@ -81,11 +81,9 @@ async def completions(request: Request) -> Response:
     finally:
         await settle(request, reservation)
     payload = completion_response(request_id, body, plan, results)
-    return _verified(payload, served_by(traces), reports)
+    return _verified(payload, served_by(traces), reports, plan.jobs)
 
 
-Reports = dict[int, Report]
-"""Verification reports by the id of the job they verified."""
 JobRunner = Callable[[Request, Job, "Trace | None"], AsyncGenerator[TaskChunk | TaskDone, None]]
 
 
@@ -104,17 +102,8 @@ def _runner(
         return (
             lambda request, job, trace: _spot_checked(verifier, job, measured(request, job, trace))
         ), reports
-
-    async def redundant(
-        request: Request, job: Job, trace: Trace | None
-    ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
-        text, done, report = await verifier.run_redundant(job, k, consensus)
-        reports[id(job)] = report
-        if text:
-            yield TaskChunk(task_id=done.task_id, text=text, tokens=done.completion_tokens)
-        yield done
-
-    return redundant, reports
+    redundant = verifier.redundant_runner(k, consensus, reports)
+    return (lambda request, job, trace: redundant(job)), reports
 
 
 async def _spot_checked(
@@ -138,9 +127,11 @@ def _verification_headers(reports: Reports) -> dict[str, str]:
     return {"X-Inferswarm-Verification": worst.header()}
 
 
-def _verified(payload: dict[str, Any], headers: dict[str, str], reports: Reports) -> Response:
+def _verified(
+    payload: dict[str, Any], headers: dict[str, str], reports: Reports, jobs: Sequence[Job]
+) -> Response:
     if reports:
-        payload["inferswarm"] = {"verification": [r.as_dict() for r in reports.values()]}
+        payload["inferswarm"] = verification_body(reports, jobs)
     return JSONResponse(payload, headers={**headers, **_verification_headers(reports)})
 
 

@@ -2,7 +2,11 @@
 
 Each variant (``smollm2-135m-instruct:q8_0``) is listed, and each family
 (``smollm2-135m-instruct``) once more with the sum over its variants: a
-request may name either.
+request may name either. Every entry says on how many more miners it could
+be loaded (``loadable_on``: miners with the file and the memory for it that
+do not serve it). Variants that no live miner serves but some could load are
+not in ``data`` (a request for them would fail now); they are listed apart,
+under ``loadable``, for the operator and the autoscaler.
 """
 
 from __future__ import annotations
@@ -57,9 +61,49 @@ async def list_models(request: Request) -> dict[str, Any]:
                 families.setdefault(family, _Capacity()).add(conn, offer)
     data = [_variant_entry(n, c, started) for n, c in by_name.items()]
     data += [_family_entry(n, c, started) for n, c in families.items() if n not in by_name]
+    by_variant = request.app.state.registry.loadable_models()
+    loadable = _loadable(by_variant)
+    for entry in data:
+        entry["loadable_on"] = len(loadable.get(entry["id"], {}))
+    idle = [_loadable_entry(n, loadable[n]) for n in by_variant if n not in served]
     if key is not None:  # a key scoped to some models sees only the names it may ask for
         data = [entry for entry in data if key.allows(entry["id"])]
-    return {"object": "list", "data": sorted(data, key=lambda entry: entry["id"])}
+        idle = [entry for entry in idle if key.allows(entry["id"])]
+    return {
+        "object": "list",
+        "data": sorted(data, key=lambda entry: entry["id"]),
+        "loadable": sorted(idle, key=lambda entry: entry["id"]),
+    }
+
+
+def _loadable(
+    by_variant: dict[ModelName, list[MinerConnection]],
+) -> dict[str, dict[str, ModelOffer]]:
+    """Per variant and per family: the miners that could load it, with their offer."""
+    found: dict[str, dict[str, ModelOffer]] = {}
+    for name, miners in by_variant.items():
+        family = split_model_name(name).family
+        for conn in miners:
+            offer = next(o for o in conn.info.loadable if o.name == name)
+            found.setdefault(name, {})[conn.miner_id] = offer
+            if family != name:
+                found.setdefault(family, {}).setdefault(conn.miner_id, offer)
+    return found
+
+
+def _loadable_entry(name: str, offers: dict[str, ModelOffer]) -> dict[str, Any]:
+    offer = next(iter(offers.values()))
+    return {
+        "id": name,
+        "object": "model",
+        "owned_by": "inferswarm",
+        "miners": 0,
+        "loadable_on": len(offers),
+        "family": offer.family or split_model_name(name).family,
+        "variant": split_model_name(name).variant or offer.quantization,
+        "memory_bytes": offer.memory_bytes,
+        "file_sha256": offer.file_hash,
+    }
 
 
 def _common(name: str, capacity: _Capacity, created: int) -> dict[str, Any]:

@@ -297,7 +297,7 @@ function renderMiners(miners) {
     const u = m.utilisation;
     cell(row, m.name).title = m.id;
     cell(row, m.hardware_summary);
-    cell(row, m.models.join(", "));
+    cell(row, [...m.models, ...(m.loading || []).map((x) => `${x} (loading)`)].join(", "));
     cell(row, `T${m.tier}`);
     cell(row, m.banned ? "banned" : m.state);
     cell(row, bar(m.busy / m.slots, `${m.busy}/${m.slots}`));

@@ -73,6 +73,7 @@ def build_autoscaler(
         drain_timeout_s=scale.drain_timeout_s,
         clock=clock,
         wall_clock=wall_clock,
+        heartbeat_s=settings.heartbeat_interval_s,
     )
 
 
@@ -94,9 +95,11 @@ def _provider(
             registry,
             scale.start_timeout_s,
             clock,
+            scale.models,
         )
     if scale.provider is ProviderKind.COMMAND:
-        return CommandProvider(scale.command, scale.models, registry, scale.start_timeout_s)
+        names = tuple(m.name for m in scale.models)
+        return CommandProvider(scale.command, names, registry, scale.start_timeout_s)
     return StandbyProvider(registry, scale.standby_heartbeat_s, settings.heartbeat_interval_s)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inferswarm.router.registry import MinerConnection, MinerRegistry
-from inferswarm.router.scale.settings import LocalBudget
+from inferswarm.router.scale.settings import LocalBudget, ScaledModel
 from inferswarm.router.scale.tokens import TokenSource
 from inferswarm.router.schedule import MinerState
 
@@ -70,15 +70,20 @@ class _Process:
     proc: asyncio.subprocess.Process
     log: Path
     started_at: float
+    model: str | None
+    """What it was started for; None until the first miner of one-model mode joins."""
     joined: bool = False
 
 
 class LocalProvider:
     """Starts and stops ``inferswarm miner`` processes on the router's machine.
 
-    Every miner runs with the same ``miner_args``, so they all serve one
-    model, learned from the first that joins. A miner's own SIGTERM handling
-    drains it too, but by then the autoscaler has already drained it here.
+    With ``models`` named (``--scale-model``), each is scaled on its own: its
+    miners start with ``miner_args`` (``{model}`` replaced by its name) and its
+    own flags. With none, every miner starts with the same ``miner_args``, so
+    they all serve one model, learned from the first that joins. A miner's own
+    SIGTERM handling drains it too, but by then the autoscaler has already
+    drained it here.
     """
 
     name = "local"
@@ -93,6 +98,7 @@ class LocalProvider:
         registry: MinerRegistry,
         start_timeout_s: float,
         clock: Callable[[], float],
+        models: tuple[ScaledModel, ...] = (),
     ) -> None:
         self._router_url = router_url
         self._args = miner_args
@@ -102,36 +108,51 @@ class LocalProvider:
         self._registry = registry
         self._start_timeout_s = start_timeout_s
         self._clock = clock
+        self._models = {m.name: m for m in models}
         self._procs: dict[str, _Process] = {}
         self._numbers = itertools.count(1)
         self.model: str | None = None
+        """One-model mode: the model its miners turned out to serve."""
 
     def owns(self, conn: MinerConnection) -> bool:
         return conn.info.name in self._procs
 
     def models(self) -> set[str]:
         self._notice_joins()
+        if self._models:
+            return set(self._models)
         return {self.model} if self.model else set()
 
     def starting(self, model: str, now: float) -> int:
         self._notice_joins()
-        if self.model not in (None, model):
-            return 0
         return sum(
-            not p.joined and now - p.started_at < self._start_timeout_s
+            p.model == model and not p.joined and now - p.started_at < self._start_timeout_s
             for p in self._procs.values()
         )
 
     def headroom(self, model: str) -> int | None:
         self._reap()
+        if self._models and model not in self._models:
+            return 0  # e.g. loaded onto one of ours by placement: no flags to start more
         return max(0, self._budget.miners() - len(self._procs))
 
     async def start(self, count: int) -> None:
         self._reap()
-        await self._spawn(count - len(self._procs))
+        if not self._models:
+            await self._spawn(None, count - len(self._procs))
+            return
+        for model in self._models:
+            have = sum(p.model == model for p in self._procs.values())
+            await self._spawn(model, count - have)
 
     async def grow(self, model: str, count: int, now: float) -> str:
-        return await self._spawn(count)
+        if self._models and model not in self._models:
+            named = ", ".join(self._models)
+            return (
+                f"cannot start miners for {model}: local starts only {named}; "
+                f"add --scale-model '{model}=MINER FLAGS'"
+            )
+        return await self._spawn(model if self._models else self.model, count)
 
     async def release(self, model: str, conns: list[MinerConnection]) -> str:
         names = [c.info.name for c in conns if c.info.name in self._procs]
@@ -143,7 +164,7 @@ class LocalProvider:
         await asyncio.gather(*(self._stop(p) for p in procs))
         await self._tokens.revoke()
 
-    async def _spawn(self, count: int) -> str:
+    async def _spawn(self, model: str | None, count: int) -> str:
         if count <= 0:
             return ""
         self._reap()
@@ -155,10 +176,16 @@ class LocalProvider:
                 max(room, 0),
                 count,
             )
-        started = [await self._spawn_one() for _ in range(max(0, min(count, room)))]
+        started = [await self._spawn_one(model) for _ in range(max(0, min(count, room)))]
         return f"started {', '.join(started)}" if started else "no room in the local budget"
 
-    async def _spawn_one(self) -> str:
+    def _miner_args(self, model: str | None) -> tuple[str, ...]:
+        scaled = self._models.get(model or "")
+        if scaled is None:
+            return self._args
+        return (*(a.replace("{model}", scaled.name) for a in self._args), *scaled.miner_args)
+
+    async def _spawn_one(self, model: str | None) -> str:
         number = next(self._numbers)
         name = f"autoscale-{os.getpid()}-{number}"
         self._workdir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +193,9 @@ class LocalProvider:
         args = (
             *("-m", "inferswarm", "miner", "--router", self._router_url, "--name", name),
             *("--data-dir", str(self._workdir / name)),
-            *self._args,
+            # Dies with this router, even one killed outright (kill -9, the OOM killer).
+            *("--parent-pid", str(os.getpid())),
+            *self._miner_args(model),
         )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         token = await self._tokens.token()
@@ -181,16 +210,36 @@ class LocalProvider:
                 env=env,
                 start_new_session=True,
             )
-        self._procs[name] = _Process(name, proc, log_path, self._clock())
-        log.info("started miner %s (pid %d), output in %s", name, proc.pid, log_path)
+        self._procs[name] = _Process(name, proc, log_path, self._clock(), model)
+        log.info(
+            "started miner %s (pid %d) for %s, output in %s",
+            name,
+            proc.pid,
+            model or "the model its flags give",
+            log_path,
+        )
         return name
 
     def _notice_joins(self) -> None:
         for conn in self._registry.connections():
             process = self._procs.get(conn.info.name)
-            if process is not None and not process.joined:
-                process.joined = True
+            if process is None or process.joined:
+                continue
+            process.joined = True
+            if process.model is None:  # one-model mode: learn it from the first to join
                 self.model = self.model or conn.info.models[0].name
+                for waiting in self._procs.values():
+                    waiting.model = waiting.model or self.model
+            elif not serves(conn, process.model):
+                offered = ", ".join(o.name for o in conn.info.models)
+                log.warning(
+                    "miner %s was started for %s but serves %s; check --scale-model "
+                    "'%s=MINER FLAGS' and {model} in --scale-miner-args",
+                    conn.info.name,
+                    process.model,
+                    offered,
+                    process.model,
+                )
         self._reap()
 
     def _reap(self) -> None:

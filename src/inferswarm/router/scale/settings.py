@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -33,6 +34,26 @@ class LocalBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaledModel:
+    """A model scaled even before any miner serves it (``--scale-model``)."""
+
+    name: str
+    miner_args: tuple[str, ...] = ()
+    """``local``: flags its miners start with, after ``--scale-miner-args``."""
+
+    @classmethod
+    def parse(cls, spec: str) -> ScaledModel:
+        """``NAME`` or ``NAME=MINER FLAGS``."""
+        name, _, flags = spec.partition("=")
+        if not name.strip():
+            raise ValueError(
+                f"--scale-model {spec!r} names no model; give NAME or NAME=MINER FLAGS, "
+                "e.g. 'smollm2-135m-instruct:q8_0=--model /models/smollm2-q8_0.gguf'"
+            )
+        return cls(name.strip(), tuple(shlex.split(flags)))
+
+
+@dataclass(frozen=True, slots=True)
 class ScaleSettings:
     provider: ProviderKind
     policy: ScalePolicy = field(default_factory=ScalePolicy)
@@ -50,7 +71,8 @@ class ScaleSettings:
     command: str = ""
     """``command``: run with ``{model}`` and ``{count}`` (and ``{miners}``, the names
     drained for a scale-down) filled in, also given as environment variables."""
-    models: tuple[str, ...] = ()
-    """``command``: models to keep at ``min_miners`` even before any miner serves them."""
+    models: tuple[ScaledModel, ...] = ()
+    """Models to keep at ``min_miners`` even before any miner serves them; ``local``
+    scales each with its own miner flags (without any, its miners serve one model)."""
     standby_heartbeat_s: float = 5.0
     """``standby``: how often a parked miner heartbeats."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inferswarm.protocol import split_model_name
 from inferswarm.router.metrics import RouterMetrics, per_model
 from inferswarm.router.registry import MinerConnection
 from inferswarm.router.scale.policy import ModelSignals
 from inferswarm.router.schedule import MinerState
-from inferswarm.telemetry.timeline import percentile
+from inferswarm.telemetry.timeline import Second, percentile
 
 DEFAULT_WINDOW_S = 10
 """Seconds of latency and arrivals looked at; the trend compares two such windows."""
@@ -22,28 +23,44 @@ class SignalReader:
     window_s: int = DEFAULT_WINDOW_S
 
     def read(
-        self, model: str, miners: list[MinerConnection], starting: int, now: float
+        self,
+        model: str,
+        miners: list[MinerConnection],
+        starting: int,
+        now: float,
+        family_share: float = 1.0,
     ) -> ModelSignals:
         """``miners``: every connection serving ``model``; ``starting``: miners
         asked for that have not joined yet (they count as capacity already, so a
-        slow start does not start more)."""
+        slow start does not start more). Requests that name only ``model``'s
+        family count for it by ``family_share`` (1 / the family's variants served),
+        since any of those variants may answer them."""
+        names = {model: 1.0}
+        family, variant = split_model_name(model)
+        if variant:
+            names[family] = family_share
         live = [c for c in miners if c.state is MinerState.LIVE]
         slots = [c.info.slots for c in live]
         # Tasks on draining miners still hold requests in flight: count them as busy,
         # or they would look like requests waiting for a slot.
         busy = sum(len(c.tasks) for c in miners)
-        running = self.metrics.running_by_model[model]
+        running = sum(self.metrics.running_by_model[n] * w for n, w in names.items())
         timeline = self.metrics.timeline
         recent = timeline.window(now, 2 * self.window_s)
         older, newer = recent[: self.window_s], recent[self.window_s :]
-        ttfts = [v for b in newer for v in b.samples.get(per_model("ttft", model), ())]
+        ttfts = [v for b in newer for n in names for v in b.samples.get(per_model("ttft", n), ())]
         waits = [v for b in newer for v in b.samples.get("queue", ())]
-        arrivals = per_model("arrivals", model)
-        in_flight = [
-            b.gauges[per_model("in_flight", model)]
-            for b in recent[-DEMAND_WINDOW_S:]
-            if per_model("in_flight", model) in b.gauges
-        ]
+
+        def arrivals_per_s(seconds: list[Second]) -> float:
+            keys = [(per_model("arrivals", n), w) for n, w in names.items()]
+            return sum(b.counts.get(k, 0) * w for b in seconds for k, w in keys) / self.window_s
+
+        def in_flight_at(bucket: Second) -> float | None:
+            gauges = [(bucket.gauges.get(per_model("in_flight", n)), w) for n, w in names.items()]
+            known = [value * w for value, w in gauges if value is not None]
+            return sum(known) if known else None
+
+        in_flight = [v for b in recent[-DEMAND_WINDOW_S:] if (v := in_flight_at(b)) is not None]
         in_flight.append(running)  # the reading now, so a step shows at once
         return ModelSignals(
             model=model,
@@ -51,10 +68,10 @@ class SignalReader:
             slots_per_miner=sum(slots) / len(slots) if slots else 1.0,
             busy_slots=busy,
             # In flight beyond what the live miners run: waiting in the router's queue.
-            waiting=max(0, running - busy),
+            waiting=max(0, round(running) - busy),
             ttft_p95_s=percentile(ttfts, 0.95),
             queue_wait_p95_s=percentile(waits, 0.95),
-            arrivals_per_s=sum(b.counts.get(arrivals, 0) for b in newer) / self.window_s,
-            previous_arrivals_per_s=sum(b.counts.get(arrivals, 0) for b in older) / self.window_s,
+            arrivals_per_s=arrivals_per_s(newer),
+            previous_arrivals_per_s=arrivals_per_s(older),
             average_demand=sum(in_flight) / len(in_flight),
         )

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from inferswarm.openai_compat import schemas
 from inferswarm.openai_compat.errors import APIError
+from inferswarm.openai_compat.schemas import InferswarmOptions
 from inferswarm.router.completion import (
     Caller,
     Runner,
@@ -34,6 +35,7 @@ from inferswarm.router.segment.batch import (
     failed_response_line,
     output_line,
 )
+from inferswarm.router.verify.service import Reports, verification_body
 from inferswarm.storage import (
     BatchRecord,
     BatchStatus,
@@ -67,13 +69,19 @@ class BatchRunner:
         retry_delay_s: float = RETRY_DELAY_S,
         max_attempts: int = MAX_ATTEMPTS,
         run: Runner | None = None,
+        runner_for: Callable[[InferswarmOptions | None], tuple[Runner, Reports]] | None = None,
     ) -> None:
         """``run`` sends one job (default: the dispatcher directly; the app
-        passes its metrics wrapper so batch tasks are measured like requests)."""
+        passes its metrics and spot-check wrapper so batch tasks are measured
+        and checked like requests); ``runner_for`` picks the runner of a line
+        by its ``inferswarm`` options, with the reports its runs will fill
+        (the app's runs redundant lines with consensus and reports their
+        verification, as a request's response does; default: ``run`` for all)."""
         self._store = store
         self._blobs = blobs
         self._dispatcher = dispatcher
         self._run = run or dispatcher.run
+        self._runner_for = runner_for or (lambda _options: (self._run, {}))
         self._registry = registry
         self._share = share
         self._clock = clock
@@ -224,13 +232,17 @@ class BatchRunner:
         if batch.endpoint == "/v1/chat/completions":
             chat = schemas.ChatCompletionRequest.model_validate_json(task.body)
             plan = plan_chat(chat, caller, self._registry)
-            results = await collect_all(plan, self._run)
+            run, reports = self._runner_for(chat.inferswarm)
+            results = await collect_all(plan, run)
             response = chat_response(f"chatcmpl-{uuid.uuid4().hex}", chat, plan, results)
         else:
             text = schemas.CompletionRequest.model_validate_json(task.body)
             plan = plan_completion(text, caller, self._registry)
-            results = await collect_all(plan, self._run)
+            run, reports = self._runner_for(text.inferswarm)
+            results = await collect_all(plan, run)
             response = completion_response(f"cmpl-{uuid.uuid4().hex}", text, plan, results)
+        if reports:
+            response["inferswarm"] = verification_body(reports, plan.jobs)
         return output_line(task.custom_id, response)
 
     def _retry_later(self, task: BatchTask) -> None:

@@ -30,6 +30,7 @@ class ReputationBook:
         self._standings: dict[MinerId, Standing] = {}
         self._store: Store | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._write_lock = asyncio.Lock()
         self._listeners: list[OutcomeListener] = []
 
     async def attach(self, store: Store) -> None:
@@ -56,6 +57,10 @@ class ReputationBook:
     def is_quarantined(self, miner_id: MinerId) -> bool:
         return self.standing(miner_id).quarantined
 
+    def is_suspect(self, miner_id: MinerId) -> bool:
+        """A failed check not yet outweighed by passes."""
+        return self.standing(miner_id).suspicion > 0
+
     def quarantined(self) -> list[MinerId]:
         return [m for m, s in self._standings.items() if s.quarantined]
 
@@ -74,20 +79,24 @@ class ReputationBook:
             log.info("miner %s released from quarantine on probation", miner_id)
         for listener in self._listeners:
             listener(miner_id, outcome, before, after)
-        self._save(miner_id, after)
+        self._save(miner_id)
         return after
 
-    def _save(self, miner_id: MinerId, standing: Standing) -> None:
+    def _save(self, miner_id: MinerId) -> None:
         if self._store is None:
             return
-        row = ReputationRecord(miner_id=miner_id, **asdict(standing))
-        write = asyncio.get_running_loop().create_task(self._write(row))
+        write = asyncio.get_running_loop().create_task(self._write(miner_id))
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)
 
-    async def _write(self, row: ReputationRecord) -> None:
+    async def _write(self, miner_id: MinerId) -> None:
         assert self._store is not None
-        try:
-            await self._store.save_reputation(row)
-        except Exception:
-            log.exception("saving the reputation of %s failed; it is kept in memory", row.miner_id)
+        # One write at a time, each of the standing as it is when its turn
+        # comes: concurrent writes could otherwise land out of order and leave
+        # an older standing in the store (a quarantine lost on restart).
+        async with self._write_lock:
+            row = ReputationRecord(miner_id=miner_id, **asdict(self.standing(miner_id)))
+            try:
+                await self._store.save_reputation(row)
+            except Exception:
+                log.exception("saving the reputation of %s failed; it is kept in memory", miner_id)

@@ -14,17 +14,23 @@ import logging
 import random
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from inferswarm.openai_compat.errors import InvalidRequest, ServiceUnavailable, UpstreamFailed
+from inferswarm.openai_compat.errors import (
+    APIError,
+    InvalidRequest,
+    ServiceUnavailable,
+    UpstreamFailed,
+)
 from inferswarm.protocol import MinerId, ModelName, TaskChunk, TaskDone, TaskId
 from inferswarm.router.completion import collect
 from inferswarm.router.dispatch import Dispatcher, Job
 from inferswarm.router.registry import MinerConnection, MinerRegistry
-from inferswarm.router.schedule import MinerState
+from inferswarm.router.schedule import DEFAULT_EXPECTED_OUTPUT_TOKENS, MinerState
+from inferswarm.router.verify.canaries import Canary, CanaryBook
 from inferswarm.router.verify.consensus import (
     Consensus,
     Status,
@@ -33,11 +39,12 @@ from inferswarm.router.verify.consensus import (
     decide,
     exact_similarity,
 )
+from inferswarm.router.verify.diversity import Candidate, choose_diverse, network_of
 from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, missing_extra
 from inferswarm.router.verify.options import SpotCheckStrategy, VerifySettings
-from inferswarm.router.verify.reputation import Outcome
+from inferswarm.router.verify.reputation import Outcome, check_rate
 from inferswarm.router.verify.teacher_check import Checked, TeacherChecker
-from inferswarm.storage import ResultRecord, Store
+from inferswarm.storage import ResultPurpose, ResultRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,6 @@ VERIFY_SEED = 0
 """Seed of redundant and spot-check runs that did not bring one: every miner must
 sample identically for exact consensus."""
 RECENT_RESULTS = 4096
-CANARIES_PER_MODEL = 64
 CANARY_TIMEOUT_S = 60.0
 PROBATION_INTERVAL_S = 1.0
 VERIFICATION_TENANT = "inferswarm-verification"
@@ -60,14 +66,6 @@ class Run:
     miner_id: MinerId
     task_id: TaskId
     model_hash: str
-
-
-@dataclass(frozen=True)
-class Canary:
-    """A task with a verified answer, replayed to quarantined miners."""
-
-    job: Job
-    answer: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +93,16 @@ class Report:
         return f"{self.verdict.status.value}; consensus={self.consensus.value}; agreed={agreed}/{len(self.miners)}"
 
 
+Reports = dict[int, Report]
+"""Verification reports by the id of the job they verified."""
+
+
+def verification_body(reports: Reports, jobs: Sequence[Job]) -> dict[str, Any]:
+    """The ``inferswarm`` member of a response body (a request's or a batch
+    line's): the report of each verified job, in the order of ``jobs``."""
+    return {"verification": [reports[id(job)].as_dict() for job in jobs if id(job) in reports]}
+
+
 VerdictListener = Callable[[str, Consensus, Verdict], None]
 """Told (purpose, consensus, verdict) of every verification (metrics, events)."""
 
@@ -116,7 +124,10 @@ class Verifier:
         self._rng = rng or random.Random()
         self._store: Store | None = None
         self._runs: OrderedDict[TaskId, Run] = OrderedDict()
-        self._canaries: dict[str, deque[Canary]] = {}
+        self.results_by_purpose: Counter[str] = Counter()
+        """Results in the ledger by purpose: as stored when the router started,
+        plus those recorded since (by this router)."""
+        self.canaries = CanaryBook(self._rng)
         self._background: set[asyncio.Task[None]] = set()
         self._listeners: list[VerdictListener] = []
         # Ledger writes in order (a verdict after its result), by one writer.
@@ -128,9 +139,17 @@ class Verifier:
     def on_verdict(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
 
+    def summary(self) -> dict[str, Any]:
+        """Spot checks run since start and the ledger's results by purpose
+        (``ResultPurpose``), for ``/v1/network``."""
+        by_purpose = {p.value: self.results_by_purpose[p.value] for p in ResultPurpose}
+        return {"spot_checks": self.spot_checks, "results_by_purpose": by_purpose}
+
     async def start(self, store: Store) -> None:
         self._store = store
+        self.results_by_purpose.update(await store.count_results())
         await self._registry.book.attach(store)
+        await self.canaries.attach(store, self._ledger.put_nowait)
         self._spawn(self._probation())
         self._spawn(self._write_ledger())
 
@@ -156,7 +175,7 @@ class Verifier:
             finally:
                 self._ledger.task_done()
 
-    def _on_result(self, conn: MinerConnection, done: TaskDone) -> None:
+    def _on_result(self, conn: MinerConnection, done: TaskDone, purpose: ResultPurpose) -> None:
         self._runs[done.task_id] = Run(conn.miner_id, done.task_id, done.model_hash)
         while len(self._runs) > RECENT_RESULTS:
             self._runs.popitem(last=False)
@@ -171,7 +190,9 @@ class Verifier:
             signature=done.signature,
             public_key=conn.info.public_key,
             created_at=int(time.time()),
+            purpose=purpose.value,
         )
+        self.results_by_purpose[purpose.value] += 1
         self._ledger.put_nowait(self._store.record_result(record))
 
     def _mark_result(self, task_id: TaskId, label: str) -> None:
@@ -222,9 +243,16 @@ class Verifier:
         """Run ``job`` on ``k`` distinct miners of one model file and return the
         consensus answer. Without consensus nothing is returned: the client
         asked for a verified answer and none could be verified."""
+        asked = job
         model_hash = self._pin(job.model, k)
-        job = replace(_verifiable(job, consensus), claimed=set(), model_hash=model_hash)
-        outputs = await asyncio.gather(*(collect(self._dispatcher.run(job)) for _ in range(k)))
+        job = replace(
+            _verifiable(job, consensus),
+            claimed=set(),
+            model_hash=model_hash,
+            purpose=ResultPurpose.REDUNDANT,
+        )
+        chosen = self._diverse(job, k)
+        outputs = await asyncio.gather(*(self._run_on(job, m, chosen) for m in chosen))
         runs = [self._run_of(done) for _, done in outputs]
         verdict = await self._decide(
             [r.miner_id for r in runs], [text for text, _ in outputs], consensus
@@ -238,7 +266,7 @@ class Verifier:
                 code="verification_failed",
             )
         text, done = outputs[verdict.answer]
-        self._remember_canary(job, text, verdict)
+        self._remember_canary(job, text, verdict, asked)
         return text, done, Report(consensus, verdict, tuple(r.miner_id for r in runs))
 
     def _pin(self, model: ModelName, k: int) -> str:
@@ -260,6 +288,56 @@ class Verifier:
                 headers={"Retry-After": "5"},
             )
         return best[0]
+
+    def redundant_runner(
+        self, k: int, consensus: Consensus, reports: Reports | None = None
+    ) -> Callable[[Job], AsyncGenerator[TaskChunk | TaskDone, None]]:
+        """Each job run on k miners, as the events of its consensus answer;
+        its report goes into ``reports``."""
+
+        async def run(job: Job) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+            text, done, report = await self.run_redundant(job, k, consensus)
+            if reports is not None:
+                reports[id(job)] = report
+            if text:
+                yield TaskChunk(task_id=done.task_id, text=text, tokens=done.completion_tokens)
+            yield done
+
+        return run
+
+    def _diverse(self, job: Job, k: int) -> list[MinerId]:
+        """k trusted miners of the pinned file, of distinct operators and tiers
+        where possible; the most reputable and least busy preferred."""
+        book = self._registry.book
+        fitting = [
+            conn
+            for conn in self._registry.connections()
+            if conn.state is MinerState.LIVE
+            and not book.is_quarantined(conn.miner_id)
+            and not self._registry.is_banned(conn.miner_id)
+            and conn.model_hash(job.model) == job.model_hash
+        ]
+        fitting.sort(key=lambda c: (-book.score(c.miner_id), len(c.tasks), c.miner_id))
+        v4, v6 = self.settings.diversity_prefix_v4, self.settings.diversity_prefix_v6
+        return choose_diverse(
+            [
+                Candidate(c.miner_id, c.info.operator, c.tier, network_of(c.address, v4, v6))
+                for c in fitting
+            ],
+            k,
+        )
+
+    async def _run_on(
+        self, job: Job, miner_id: MinerId, chosen: list[MinerId]
+    ) -> tuple[str, TaskDone]:
+        """One redundant copy on the miner chosen for it; when that miner cannot
+        take it, on another that no copy chose or used."""
+        others = frozenset(c.miner_id for c in self._registry.connections()) - {miner_id}
+        try:
+            return await collect(self._dispatcher.run(replace(job, avoid=others)))
+        except APIError as exc:
+            log.info("redundant copy on %s failed (%s); trying another miner", miner_id, exc)
+        return await collect(self._dispatcher.run(replace(job, avoid=frozenset(chosen))))
 
     def _run_of(self, done: TaskDone) -> Run:
         run = self._runs.get(done.task_id)
@@ -300,19 +378,16 @@ class Verifier:
     # spot checks
 
     def after_task(self, job: Job, done: TaskDone, text: str) -> None:
-        """With probability ``spot_check_rate``, re-run the finished task
+        """With the miner's spot-check rate, re-run the finished task
         elsewhere, later, and judge its miner by the outcome."""
-        if self.settings.spot_check_rate <= 0 or job.tenant == VERIFICATION_TENANT:
-            return
-        if self._rng.random() >= self.settings.spot_check_rate:
-            return
         run = self._runs.get(done.task_id)
-        if run is None:
+        if not self._picked(job, run):
             return
+        assert run is not None
         if self._teacher_forced(job):
             self._spawn(self._teacher_check(job, run, done, text))
-        elif _deterministic(job):  # only what a rerun can reproduce is rerun
-            self._spawn(self._spot_check(job, run, text))
+        else:
+            self._spawn(self._spot_check(job, run, text, done))
 
     def _teacher_forced(self, job: Job) -> bool:
         strategy = self.settings.spot_check_strategy
@@ -328,8 +403,51 @@ class Verifier:
         except Exception:
             log.exception("the teacher-forced check of %s failed to run", run.task_id)
 
-    async def _spot_check(self, job: Job, run: Run, text: str) -> None:
-        """One checker; on disagreement a referee, and the majority of three decides."""
+    async def checked(
+        self, job: Job, events: AsyncGenerator[TaskChunk | TaskDone, None]
+    ) -> AsyncGenerator[TaskChunk | TaskDone, None]:
+        """For work no client watches arrive (batch lines, map-reduce tasks): a
+        task picked for a spot check waits for its check, and one that fails it
+        is answered by the majority that outvoted it (the checker and referee
+        re-ran it elsewhere and agree), so a result that failed verification is
+        never handed out. Without a majority the task fails as retryable (502)."""
+        text, done = await collect(events)
+        run = self._runs.get(done.task_id)
+        # Only a rerun gives an answer to hand out instead: the teacher check does not.
+        if self._picked(job, run) and _deterministic(job):
+            assert run is not None
+            checked = await self._spot_check(job, run, text, done)
+            if checked is not None:
+                verdict, texts, dones = checked
+                if verdict.answer is None:
+                    raise UpstreamFailed(
+                        "a spot check of this task found no two miners agreeing; it will be retried",
+                        code="verification_failed",
+                    )
+                text, done = texts[verdict.answer], dones[verdict.answer]
+        if text:
+            yield TaskChunk(task_id=done.task_id, text=text, tokens=done.completion_tokens)
+        yield done
+
+    def _picked(self, job: Job, run: Run | None) -> bool:
+        """Whether to spot-check this task: only what a rerun can reproduce
+        (greedy tasks) unless teacher-forced checks may judge it, never a check
+        itself, at the rate the miner's standing calls for."""
+        redundant_only = self.settings.spot_check_strategy is SpotCheckStrategy.REDUNDANT
+        if run is None or job.tenant == VERIFICATION_TENANT:
+            return False
+        if redundant_only and not _deterministic(job):
+            return False
+        book = self._registry.book
+        rate = check_rate(book.standing(run.miner_id), self.settings.spot_check_rate, book.policy)
+        return rate > 0 and self._rng.random() < rate
+
+    async def _spot_check(
+        self, job: Job, run: Run, text: str, done: TaskDone
+    ) -> tuple[Verdict, list[str], list[TaskDone]] | None:
+        """One checker; on disagreement a referee, and the majority of three
+        decides. The verdict, texts and results by run (the checked one first),
+        or None when no check could run."""
         consensus = Consensus.EXACT
         check = replace(
             job,
@@ -339,64 +457,80 @@ class Verifier:
             model_hash=run.model_hash,
             hedge=False,
         )
-        runs, texts = [run], [text]
+        runs, texts, dones = [run], [text], [done]
         try:
-            for _ in range(2):
-                other, done = await collect(self._dispatcher.run(check))
-                runs.append(self._run_of(done))
+            for purpose in (ResultPurpose.SPOT_CHECK, ResultPurpose.REFEREE):
+                run_as = replace(check, purpose=purpose)
+                other, other_done = await collect(self._dispatcher.run(run_as))
+                runs.append(self._run_of(other_done))
                 texts.append(other)
+                dones.append(other_done)
                 verdict = await self._decide([r.miner_id for r in runs], texts, consensus)
                 if verdict.status is Status.AGREED:
                     break
         except Exception as exc:
             log.info("spot check of %s could not run: %s", run.task_id, exc)
-            return
+            return None
         self.spot_checks += 1
         self._judge("spot_check", consensus, runs, verdict)
         self._remember_canary(check, texts[verdict.answer or 0], verdict)
+        return verdict, texts, dones
 
     # canaries
 
-    def _remember_canary(self, job: Job, answer: str, verdict: Verdict) -> None:
+    def _remember_canary(
+        self, job: Job, answer: str, verdict: Verdict, asked: Job | None = None
+    ) -> None:
+        """Keep a task two or more miners agreed on as a canary, with the
+        sampling the client asked for (``asked``), decoded greedily."""
         if verdict.status is Status.NO_CONSENSUS or len(verdict.agreeing) < 2:
             return
         if not _deterministic(job):
             return
-        pool = self._canaries.setdefault(job.model_hash, deque(maxlen=CANARIES_PER_MODEL))
-        canary_job = Job(
-            model=job.model,
-            sampling=job.sampling,
-            prompt=job.prompt,
-            messages=job.messages,
-            tenant=VERIFICATION_TENANT,
-            model_hash=job.model_hash,
+        sampling = job.sampling
+        if asked is not None:
+            sampling = asked.sampling.model_copy(update={"temperature": 0.0})
+        self.canaries.remember(
+            replace(job, sampling=sampling), job.model_hash, answer, verdict.agreeing
         )
-        pool.append(Canary(canary_job, answer))
 
     async def _probation(self) -> None:
-        """Quarantined miners get only canaries; passing enough of them releases them."""
+        """Quarantined miners get only canaries; passing enough of them releases
+        them. Suspects (a failed check not yet outweighed) get canaries too when
+        idle, so they are confirmed or cleared without waiting for client
+        traffic, which the scheduler sends them less of."""
+        book = self._registry.book
         while True:
             await asyncio.sleep(PROBATION_INTERVAL_S)
             for conn in self._registry.connections():
-                if self._registry.book.is_quarantined(conn.miner_id) and not conn.tasks:
-                    canary = self._pick_canary(conn)
+                suspect = book.is_quarantined(conn.miner_id) or book.is_suspect(conn.miner_id)
+                if suspect and not conn.tasks:
+                    files = {o.name: o.file_hash for o in conn.info.models}
+                    canary = await self.canaries.pick(conn.miner_id, files)
                     if canary is not None:
                         try:
                             await self._run_canary(conn, canary)
                         except Exception:
                             log.exception("a canary for %s failed to run", conn.miner_id)
 
-    def _pick_canary(self, conn: MinerConnection) -> Canary | None:
-        for offer in conn.info.models:
-            pool = self._canaries.get(offer.file_hash)
-            if pool:
-                return self._rng.choice(list(pool))
-        return None
-
     async def _run_canary(self, conn: MinerConnection, canary: Canary) -> None:
-        # The id looks like any other task's: a miner must not tell canaries apart.
+        # Sent as any client task is: an ordinary id, no pinned model file
+        # (the result reports the file it ran), the client's sampling.
         task = canary.job.assign(TaskId(f"task-{uuid.uuid4().hex}"))
-        events = await self._registry.start_task(conn.miner_id, task, expected_tokens=1)
+        expected = task.sampling.max_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
+        events = await self._registry.start_task(
+            conn.miner_id, task, expected_tokens=expected, purpose=ResultPurpose.CANARY
+        )
+        self.canaries.given(canary, conn.miner_id, task.task_id)
+        await self._judge_canary(conn, canary, task.task_id, events)
+
+    async def _judge_canary(
+        self,
+        conn: MinerConnection,
+        canary: Canary,
+        task_id: TaskId,
+        events: asyncio.Queue[Any],
+    ) -> None:
         parts: list[str] = []
         try:
             while True:
@@ -406,13 +540,14 @@ class Verifier:
                     continue
                 break
         except TimeoutError:
-            self._registry.cancel_task(conn.miner_id, task.task_id)
+            self._registry.cancel_task(conn.miner_id, task_id)
             self._registry.book.record(conn.miner_id, Outcome.TIMEOUT, canary=True)
             return
         if not isinstance(event, TaskDone):
             return  # lost or failed: reputation already counted it
-        run = Run(conn.miner_id, task.task_id, event.model_hash)
-        passed = "".join(parts) == canary.answer
+        run = Run(conn.miner_id, task_id, event.model_hash)
+        passed = "".join(parts) == canary.answer and event.model_hash == canary.model_hash
+        self.canaries.judged(canary, conn.miner_id, task_id, passed)
         verdict = Verdict(
             status=Status.AGREED if passed else Status.MAJORITY,
             answer=0,
