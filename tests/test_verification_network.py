@@ -129,7 +129,8 @@ def test_an_unknown_fault_is_explained(net: Network) -> None:
 
 def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None:
     """Sampled tasks (temperature 0.8) cannot be re-run for comparison; the
-    teacher-forced check scores them on a trusted miner instead."""
+    teacher-forced check scores them on a trusted miner instead: the cheaters
+    fail it for their reasons, the honest miners pass it."""
     net.start_router("--spot-check-rate", "1.0", "--spot-check-strategy", "teacher")
     for name in ("honest1", "honest2"):
         net.start_miner(name)
@@ -138,9 +139,9 @@ def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None
     net.wait_miners(4)
 
     def done(miners: dict[str, dict[str, Any]]) -> bool:
-        cheaters = {miners[n]["state"] for n in ("corrupt", "lazy")}
+        failed = [miners[n]["verification"]["failed"] for n in ("corrupt", "lazy")]
         passed = [miners[n]["verification"]["passed"] for n in ("honest1", "honest2")]
-        return cheaters == {"quarantined"} and min(passed) >= 1
+        return min(failed) >= 1 and min(passed) >= 1
 
     deadline = time.monotonic() + 60
     with client(net) as api:
@@ -153,11 +154,17 @@ def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None
                 temperature=0.8,
             )
     for name in ("honest1", "honest2"):
-        assert miners[name]["state"] == "live"
         assert miners[name]["verification"]["failed"] == 0
+        for cheat in ("corrupt", "lazy"):
+            assert miners[cheat]["reputation"] < miners[name]["reputation"]
     events = httpx.get(net.base_url + "/v1/network").json()["events"]
-    details = {e["miner_id"]: e["detail"] for e in events if e["kind"] == "verify_fail"}
-    assert "outside the model's top 40" in details[miners["corrupt"]["id"]]
-    assert "it claims 5 tokens; its text has 1" in details[miners["lazy"]["id"]]
+    details: dict[str, list[str]] = {}
+    for event in events:
+        if event["kind"] == "verify_fail":
+            details.setdefault(event["miner_id"], []).append(event["detail"])
+    teacher = "spot check (teacher-forced): "
+    corrupt, lazy = details[miners["corrupt"]["id"]], details[miners["lazy"]["id"]]
+    assert teacher + "100% of its tokens are outside the model's top 40" in corrupt
+    assert teacher + "it claims 5 tokens; its text has 1" in lazy
     metrics = httpx.get(net.base_url + "/metrics").text
     assert 'consensus="teacher",purpose="spot_check",verdict="failed"' in metrics
