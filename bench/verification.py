@@ -18,8 +18,9 @@ nothing to fabricate).
 
 A miner with a failed check not yet outweighed (``suspicion`` above zero) is
 checked at ``suspect_check_rate`` (the router raises its spot-check rate and
-sends it canaries when idle); those extra checks are exact whatever the
-strategy. ``honest FP @1% FV`` adds a false verdict on 1 % of an honest
+sends it canaries when idle); those extra checks are exact, except under
+``spot-teacher`` (the router's ``--spot-check-strategy teacher`` checks a
+suspect's tasks the same way). ``honest FP @1% FV`` adds a false verdict on 1 % of an honest
 miner's checks (a checker's bad day, numeric differences between builds): the
 policy must not quarantine it for that.
 
@@ -254,25 +255,29 @@ def main() -> None:
     chosen = strategies(rates)
     spot = chosen[0]
     for strategy in chosen:
+        # The router's suspect checks go through the same spot-check strategy:
+        # teacher-forced under --spot-check-strategy teacher.
+        suspect_checks = strategy if strategy.teacher else spot
         for p in RATES:
             row: dict[str, object] = {"strategy": strategy.name, "p": p}
             for label, (kind, share) in CHEATERS.items():
                 runs = [
-                    until_quarantine(kind, share, p, strategy, spot, rng)
+                    until_quarantine(kind, share, p, strategy, suspect_checks, rng)
                     for _ in range(args.trials)
                 ]
                 caught = [r[0] for r in runs if r[0] is not None]
                 row[label] = round(statistics.mean(caught), 1) if caught else None
                 row[f"{label} caught"] = len(caught) / len(runs)
             outcomes = [
-                honest(p, strategy, spot, rng, args.honest_tasks) for _ in range(args.trials)
+                honest(p, strategy, suspect_checks, rng, args.honest_tasks)
+                for _ in range(args.trials)
             ]
             row["honest FP"] = sum(q for q, _ in outcomes) / len(outcomes)
             unlucky = [
                 honest(
                     p,
                     strategy.injected(INJECTED_FALSE_VERDICTS),
-                    spot.injected(INJECTED_FALSE_VERDICTS),
+                    suspect_checks.injected(INJECTED_FALSE_VERDICTS),
                     rng,
                     args.honest_tasks,
                 )
