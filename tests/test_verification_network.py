@@ -136,10 +136,11 @@ def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None
         net.start_miner(name)
     net.start_miner("corrupt", "--fault", "corrupt")
     net.start_miner("lazy", "--fault", "lazy")
-    net.wait_miners(4)
+    net.start_miner("fabricator", "--fault", "fabricate-logprobs")
+    net.wait_miners(5)
 
     def done(miners: dict[str, dict[str, Any]]) -> bool:
-        failed = [miners[n]["verification"]["failed"] for n in ("corrupt", "lazy")]
+        failed = [miners[n]["verification"]["failed"] for n in ("corrupt", "lazy", "fabricator")]
         passed = [miners[n]["verification"]["passed"] for n in ("honest1", "honest2")]
         return min(failed) >= 1 and min(passed) >= 1
 
@@ -150,12 +151,12 @@ def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None
             api.chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "user", "content": "tell me"}],
-                max_tokens=5,
+                max_tokens=8,
                 temperature=0.8,
             )
     for name in ("honest1", "honest2"):
         assert miners[name]["verification"]["failed"] == 0
-        for cheat in ("corrupt", "lazy"):
+        for cheat in ("corrupt", "lazy", "fabricator"):
             assert miners[cheat]["reputation"] < miners[name]["reputation"]
     events = httpx.get(net.base_url + "/v1/network").json()["events"]
     details: dict[str, list[str]] = {}
@@ -165,6 +166,9 @@ def test_teacher_forced_spot_checks_catch_sampled_cheaters(net: Network) -> None
     teacher = "spot check (teacher-forced): "
     corrupt, lazy = details[miners["corrupt"]["id"]], details[miners["lazy"]["id"]]
     assert teacher + "100% of its tokens are outside the model's top 40" in corrupt
-    assert teacher + "it claims 5 tokens; its text has 1" in lazy
+    assert any(d.startswith(teacher + "it claims 8 tokens; its text has ") for d in lazy), lazy
+    # Its text is honest; what it claims about it is not (every task claims log-probabilities).
+    fabricated = details[miners["fabricator"]["id"]]
+    assert any("of its claimed log-probabilities are wrong" in d for d in fabricated), fabricated
     metrics = httpx.get(net.base_url + "/metrics").text
     assert 'consensus="teacher",purpose="spot_check",verdict="failed"' in metrics

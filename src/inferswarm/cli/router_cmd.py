@@ -23,7 +23,7 @@ from inferswarm.router.schedule import Policy
 from inferswarm.router.segment.batch import BatchShare
 from inferswarm.router.settings import RouterSettings, default_data_dir
 from inferswarm.router.verify.consensus import DEFAULT_SEMANTIC_THRESHOLD, Consensus
-from inferswarm.router.verify.options import SpotCheckStrategy, VerifySettings
+from inferswarm.router.verify.options import SpotCheckStrategy, VerifySettings, parse_tier_rates
 
 SCALE_PANEL = "Autoscaling"
 
@@ -237,6 +237,16 @@ def router(
             envvar="INFERSWARM_SPOT_CHECK_RATE",
         ),
     ] = 0.0,
+    spot_check_tier_rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TIER=RATE",
+            help="Spot-check rate for miners of one capability tier, replacing "
+            "--spot-check-rate for them (repeatable), e.g. T1=0.2 to check the slowest, least "
+            "proven class of device more often.",
+            envvar="INFERSWARM_SPOT_CHECK_TIER_RATES",
+        ),
+    ] = None,
     spot_check_strategy: Annotated[
         SpotCheckStrategy,
         typer.Option(
@@ -406,6 +416,7 @@ def router(
             consensus=consensus,
             semantic_threshold=semantic_threshold,
             spot_check_rate=spot_check_rate,
+            spot_check_tier_rates=_tier_rates(spot_check_tier_rate or []),
             spot_check_strategy=spot_check_strategy,
         ),
         limits=DispatchLimits(
@@ -492,3 +503,10 @@ def _command(kind: ProviderKind, command: str) -> str:
 def _split_keys(values: list[str] | None) -> frozenset[str]:
     """Keys from repeated flags or a comma-separated environment variable."""
     return frozenset(k.strip() for value in values or [] for k in value.split(",") if k.strip())
+
+
+def _tier_rates(specs: list[str]) -> tuple[tuple[int, float], ...]:
+    try:
+        return parse_tier_rates(specs)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--spot-check-tier-rate") from exc

@@ -84,7 +84,8 @@ async def completions(request: Request) -> Response:
     return _verified(payload, served_by(traces), reports, plan.jobs)
 
 
-JobRunner = Callable[[Request, Job, "Trace | None"], AsyncGenerator[TaskChunk | TaskDone, None]]
+Events = AsyncGenerator[TaskChunk | TaskDone, None]
+JobRunner = Callable[[Request, Job, "Trace | None"], Events]
 
 
 def _runner(
@@ -99,9 +100,12 @@ def _runner(
     )
     reports: Reports = {}
     if k <= 1:
-        return (
-            lambda request, job, trace: _spot_checked(verifier, job, measured(request, job, trace))
-        ), reports
+
+        def spot_checked(request: Request, job: Job, trace: Trace | None) -> Events:
+            job = verifier.prepared(job)
+            return _spot_checked(verifier, job, measured(request, job, trace))
+
+        return spot_checked, reports
     redundant = verifier.redundant_runner(k, consensus, reports)
     return (lambda request, job, trace: redundant(job)), reports
 

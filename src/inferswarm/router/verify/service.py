@@ -389,6 +389,15 @@ class Verifier:
         else:
             self._spawn(self._spot_check(job, run, text, done))
 
+    def prepared(self, job: Job) -> Job:
+        """A job a teacher-forced check may judge asks its miner to claim each
+        token's log-probability, so the check compares those claims too (a miner
+        cannot tell whether it will be checked: every such job asks)."""
+        teacher_checks = self.settings.spot_check_strategy is not SpotCheckStrategy.REDUNDANT
+        if teacher_checks and self.settings.spot_checks_on():
+            return replace(job, logprobs=True)
+        return job
+
     def _teacher_forced(self, job: Job) -> bool:
         strategy = self.settings.spot_check_strategy
         if strategy is SpotCheckStrategy.MIXED:
@@ -439,7 +448,9 @@ class Verifier:
         if redundant_only and not _deterministic(job):
             return False
         book = self._registry.book
-        rate = check_rate(book.standing(run.miner_id), self.settings.spot_check_rate, book.policy)
+        conn = self._registry.get(run.miner_id)
+        base = self.settings.spot_check_rate_for(conn.tier if conn else None)
+        rate = check_rate(book.standing(run.miner_id), base, book.policy)
         return rate > 0 and self._rng.random() < rate
 
     async def _spot_check(
