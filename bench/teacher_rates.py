@@ -34,20 +34,10 @@ from inferswarm.protocol import (
     VerifyResult,
 )
 from inferswarm.router.verify.teacher import Claim, TeacherPolicy, TeacherVerdict, judge
+from verification_rates import PROMPTS as CONSENSUS_PROMPTS
 
 PROMPTS = (
-    "What color is the sky on a clear day?",
-    "Name a fruit that is yellow.",
-    "Why do we need sleep?",
-    "Give one tip for learning a new language.",
-    "What is the boiling point of water?",
-    "Describe a cat in one sentence.",
-    "What is photosynthesis?",
-    "How many days are in a week?",
-    "Suggest a name for a pet dog.",
-    "What does a thermometer measure?",
-    "Why is exercise healthy?",
-    "What is the largest planet in the solar system?",
+    *CONSENSUS_PROMPTS,  # the consensus measurement's, then twelve more
     "Explain what a verb is.",
     "Write a haiku about rain.",
     "What is the capital of Italy?",

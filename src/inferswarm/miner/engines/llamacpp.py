@@ -101,7 +101,46 @@ async def relay(
         return
 
 
-class LlamaCppEngine:
+class LlamaFileEngine:
+    """What both llama.cpp engines do alike with their one GGUF file: name it,
+    offer it, tokenize tasks for it, and score other miners' outputs on it."""
+
+    config: LlamaConfig
+    capability: Capability | None
+    _model: Any
+    _chat: Any
+    _model_name: ModelName
+    _hash: str
+    _scorer: TeacherScorer
+
+    def _identify(self, config: LlamaConfig) -> None:
+        entry = config.entry
+        default_name = entry.name if entry else model_name_for(config.model_path)
+        self._model_name = ModelName(config.model_name or default_name)
+        self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
+
+    def offers(self) -> tuple[ModelOffer, ...]:
+        return (
+            model_offer(
+                self.config, self._model_name, self._hash, self._chat is not None, self.capability
+            ),
+        )
+
+    def claimed_tokens_per_s(self) -> float | None:
+        return self.capability.generation_tokens_per_s if self.capability else None
+
+    async def score(self, request: VerifyAssign) -> VerifyResult:
+        """The teacher-forced check of another miner's output (``teacher``)."""
+        check_model(request.model, self._model_name)
+        return await self._scorer.score(request)
+
+    def _tokenize(self, task: TaskAssign) -> list[int]:
+        return tokenize_task(
+            self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
+        )
+
+
+class LlamaCppEngine(LlamaFileEngine):
     name = "llamacpp"
 
     def __init__(self, config: LlamaConfig) -> None:
@@ -126,33 +165,10 @@ class LlamaCppEngine:
         assert first is not None
         self._chat = chat_formatter(first._model)
         self._threads = threads
-        self.capability: Capability | None = None
-        entry = config.entry
-        default_name = entry.name if entry else model_name_for(config.model_path)
-        self._model_name = ModelName(config.model_name or default_name)
-        self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
+        self.capability = None
+        self._identify(config)
         self._model = first._model  # the weights every context shares
         self._scorer = TeacherScorer(self._model, self._tokenize, config.context_length, threads)
-
-    def offers(self) -> tuple[ModelOffer, ...]:
-        return (
-            model_offer(
-                self.config, self._model_name, self._hash, self._chat is not None, self.capability
-            ),
-        )
-
-    def claimed_tokens_per_s(self) -> float | None:
-        return self.capability.generation_tokens_per_s if self.capability else None
-
-    async def score(self, request: VerifyAssign) -> VerifyResult:
-        """The teacher-forced check of another miner's output (``teacher``)."""
-        check_model(request.model, self._model_name)
-        return await self._scorer.score(request)
-
-    def _tokenize(self, task: TaskAssign) -> list[int]:
-        return tokenize_task(
-            self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
-        )
 
     def benchmark_identity(self) -> dict[str, object] | None:
         import llama_cpp

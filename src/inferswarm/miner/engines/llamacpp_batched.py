@@ -42,29 +42,24 @@ from inferswarm.miner.engines.llamacpp import (
     End,
     Event,
     LlamaConfig,
+    LlamaFileEngine,
     Piece,
     chat_formatter,
     check_model,
-    model_offer,
     relay,
-    tokenize_task,
 )
 from inferswarm.miner.engines.teacher import TeacherScorer, logits_at, token_logprob
 from inferswarm.miner.engines.text import StopSequenceFilter
 from inferswarm.miner.hardware import probe_hardware
-from inferswarm.miner.models import file_sha256, model_name_for
 from inferswarm.protocol import (
     Capability,
     FinishReason,
     ModelName,
-    ModelOffer,
     SamplingParams,
     TaskAssign,
     TaskChunk,
     TaskDone,
     TaskId,
-    VerifyAssign,
-    VerifyResult,
 )
 from inferswarm.protocol.prefix import prefix_blocks, prompt_text
 
@@ -120,7 +115,7 @@ def _kv_bytes_per_token(model: Any) -> int:
     return int(2 * layers * kv_heads * head_dim * 2)
 
 
-class BatchedLlamaEngine:
+class BatchedLlamaEngine(LlamaFileEngine):
     """Serves ``slots`` tasks at once from one llama.cpp context (``config.slots``
     0: as many as memory allows, at most ``MAX_AUTO_SLOTS``)."""
 
@@ -144,7 +139,7 @@ class BatchedLlamaEngine:
             config = dataclasses.replace(config, slots=slots)
         self.config = config
         self.slots = config.slots
-        self.capability: Capability | None = None
+        self.capability = None
         self._threads = config.threads or os.cpu_count() or 1
         self._budget = prompt_chunk + config.slots
         params = llama_cpp.llama_context_default_params()
@@ -165,10 +160,7 @@ class BatchedLlamaEngine:
         self._ctx: Any = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         self._batch: Any = _internals.LlamaBatch(n_tokens=self._budget, embd=0, n_seq_max=1)
         self._chat = chat_formatter(self._model)
-        entry = config.entry
-        default_name = entry.name if entry else model_name_for(config.model_path)
-        self._model_name = ModelName(config.model_name or default_name)
-        self._hash = entry.file_sha256 if entry else file_sha256(config.model_path)
+        self._identify(config)
         self._scorer = TeacherScorer(
             self._model, self._tokenize, config.context_length, self._threads
         )
@@ -180,26 +172,6 @@ class BatchedLlamaEngine:
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="llama-decode", daemon=True)
         self._thread.start()
-
-    def offers(self) -> tuple[ModelOffer, ...]:
-        return (
-            model_offer(
-                self.config, self._model_name, self._hash, self._chat is not None, self.capability
-            ),
-        )
-
-    def claimed_tokens_per_s(self) -> float | None:
-        return self.capability.generation_tokens_per_s if self.capability else None
-
-    async def score(self, request: VerifyAssign) -> VerifyResult:
-        """The teacher-forced check of another miner's output (``teacher``)."""
-        check_model(request.model, self._model_name)
-        return await self._scorer.score(request)
-
-    def _tokenize(self, task: TaskAssign) -> list[int]:
-        return tokenize_task(
-            self._model.tokenize, self._chat, task, self._model_name, self.config.context_length
-        )
 
     def cached_prefix_blocks(self) -> frozenset[int]:
         """The router's prefix blocks of the prompts whose KV this engine holds
