@@ -15,6 +15,7 @@ from inferswarm.protocol import (
     ModelOffer,
     Register,
     SamplingParams,
+    TaskId,
 )
 from inferswarm.router.admission import WaitQueue
 from inferswarm.router.dispatch import Dispatcher, DispatchLimits, Job
@@ -22,12 +23,13 @@ from inferswarm.router.registry import MinerRegistry
 from inferswarm.router.schedule import Policy
 from inferswarm.router.verify.diversity import (
     Candidate,
+    checkers_to_avoid,
     choose_diverse,
     network_of,
     operator_groups,
 )
 from inferswarm.router.verify.options import VerifySettings
-from inferswarm.router.verify.service import Verifier
+from inferswarm.router.verify.service import Run, Verifier
 from netutil import Network
 from test_verification_network import ask, client, states
 
@@ -140,6 +142,41 @@ async def test_redundant_copies_group_miners_by_the_address_they_connect_from() 
 
 
 MODEL = ModelName("fake-model")
+
+
+def test_a_check_avoids_the_checked_miners_group_unless_nobody_else_could() -> None:
+    pool = [
+        candidate("sybil-1", "alice", network="203.0.113.7/32"),
+        candidate("sybil-2", "bob", network="203.0.113.7/32"),  # alice's address
+        candidate("stranger", "carol", network="198.51.100.1/32"),
+    ]
+    assert checkers_to_avoid(pool, MinerId("sybil-1")) == {"sybil-1", "sybil-2"}
+    assert checkers_to_avoid(pool, MinerId("stranger")) == {"stranger"}
+    # Only colleagues could check it: better a colleague than no check at all.
+    assert checkers_to_avoid(pool[:2], MinerId("sybil-1")) == {"sybil-1"}
+    assert checkers_to_avoid(pool, MinerId("unknown")) == {"unknown"}
+
+
+async def test_spot_checks_skip_miners_of_the_checked_miners_network() -> None:
+    registry = MinerRegistry(time.monotonic, 60, time.time)
+
+    async def ignore(_: str) -> None:
+        return None
+
+    for name, operator, address in (
+        ("a-sybil", "alice", "203.0.113.7"),
+        ("b-sybil", "bob", "203.0.113.7"),
+        ("neighbour", "carol", "203.0.113.99"),
+    ):
+        await registry.add(_register(name, operator), ignore, ignore, address=address)
+
+    def avoided(v4: int) -> set[str]:
+        verifier = Verifier(registry, _dispatcher(registry), VerifySettings(diversity_prefix_v4=v4))
+        run = Run(MinerId("a-sybil"), TaskId("t"), "h")
+        return {str(m) for m in verifier._not_to_check(run)}
+
+    assert avoided(32) == {"a-sybil", "b-sybil"}
+    assert avoided(24) == {"a-sybil"}  # one /24 for all three: nobody else could check it
 
 
 def _register(name: str, operator: str) -> Register:

@@ -100,3 +100,15 @@ def choose_diverse(candidates: Sequence[Candidate], k: int) -> list[MinerId]:
         )
         chosen.append(left.pop(best))
     return [c.miner_id for c in chosen]
+
+
+def checkers_to_avoid(candidates: Sequence[Candidate], checked: MinerId) -> frozenset[MinerId]:
+    """Who must not check ``checked``'s work: every candidate of its group (a
+    Sybil's miners would vouch for each other), unless that leaves nobody to
+    check it; then only the miner itself. ``candidates`` are the miners able to
+    check it, the checked miner among them."""
+    groups = dict(zip((c.miner_id for c in candidates), operator_groups(candidates), strict=True))
+    if checked not in groups:
+        return frozenset({checked})
+    group = frozenset(m for m, g in groups.items() if g == groups[checked])
+    return group if len(group) < len(groups) else frozenset({checked})

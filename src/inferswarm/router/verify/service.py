@@ -39,7 +39,12 @@ from inferswarm.router.verify.consensus import (
     decide,
     exact_similarity,
 )
-from inferswarm.router.verify.diversity import Candidate, choose_diverse, network_of
+from inferswarm.router.verify.diversity import (
+    Candidate,
+    checkers_to_avoid,
+    choose_diverse,
+    network_of,
+)
 from inferswarm.router.verify.embeddings import Embedder, MiniLMEmbedder, missing_extra
 from inferswarm.router.verify.options import SpotCheckStrategy, VerifySettings
 from inferswarm.router.verify.reputation import Outcome, check_rate
@@ -318,14 +323,26 @@ class Verifier:
             and conn.model_hash(job.model) == job.model_hash
         ]
         fitting.sort(key=lambda c: (-book.score(c.miner_id), len(c.tasks), c.miner_id))
+        return choose_diverse([self._candidate(c) for c in fitting], k)
+
+    def _candidate(self, conn: MinerConnection) -> Candidate:
         v4, v6 = self.settings.diversity_prefix_v4, self.settings.diversity_prefix_v6
-        return choose_diverse(
-            [
-                Candidate(c.miner_id, c.info.operator, c.tier, network_of(c.address, v4, v6))
-                for c in fitting
-            ],
-            k,
+        return Candidate(
+            conn.miner_id, conn.info.operator, conn.tier, network_of(conn.address, v4, v6)
         )
+
+    def _not_to_check(self, run: Run) -> frozenset[MinerId]:
+        """The checked miner and the others of its operator group, unless nobody
+        else serves the file (``diversity.checkers_to_avoid``)."""
+        book = self._registry.book
+        able = [
+            self._candidate(conn)
+            for conn in self._registry.connections()
+            if conn.state is MinerState.LIVE
+            and any(offer.file_hash == run.model_hash for offer in conn.info.models)
+            and (conn.miner_id == run.miner_id or not book.is_quarantined(conn.miner_id))
+        ]
+        return checkers_to_avoid(able, run.miner_id)
 
     async def _run_on(
         self, job: Job, miner_id: MinerId, chosen: list[MinerId]
@@ -407,7 +424,7 @@ class Verifier:
     async def _teacher_check(self, job: Job, run: Run, done: TaskDone, text: str) -> None:
         checked = Checked(run.miner_id, run.task_id, run.model_hash)
         try:
-            if await self.teacher.check(job, checked, done, text):
+            if await self.teacher.check(job, checked, done, text, self._not_to_check(run)):
                 self.spot_checks += 1
         except Exception:
             log.exception("the teacher-forced check of %s failed to run", run.task_id)
@@ -463,7 +480,7 @@ class Verifier:
         check = replace(
             job,
             tenant=VERIFICATION_TENANT,
-            avoid=frozenset({run.miner_id}),
+            avoid=self._not_to_check(run),
             claimed=set(),
             model_hash=run.model_hash,
             hedge=False,

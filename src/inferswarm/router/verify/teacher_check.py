@@ -62,8 +62,16 @@ class TeacherChecker:
     def on_verdict(self, listener: TeacherListener) -> None:
         self._listeners.append(listener)
 
-    async def check(self, job: Job, checked: Checked, done: TaskDone, text: str) -> bool:
-        """Check one result and record the outcome; False when no checker could."""
+    async def check(
+        self,
+        job: Job,
+        checked: Checked,
+        done: TaskDone,
+        text: str,
+        avoid: frozenset[MinerId] = frozenset(),
+    ) -> bool:
+        """Check one result on a miner not in ``avoid`` (nor the checked one) and
+        record the outcome; False when no checker could."""
         claim = Claim(
             finish_reason=done.finish_reason,
             completion_tokens=done.completion_tokens,
@@ -72,7 +80,7 @@ class TeacherChecker:
             temperature=job.sampling.temperature,
             penalized=bool(job.sampling.frequency_penalty or job.sampling.presence_penalty),
         )
-        tried = {checked.miner_id}
+        tried = {checked.miner_id, *avoid}
         verdict: TeacherVerdict | None = None
         for _ in range(2):  # a checker, then a referee if it failed the result
             conn = self.checker_for(checked.model_hash, tried)
